@@ -1,0 +1,122 @@
+"""The lightweight mask decoder (paper section 3, appendix A, figure 14).
+
+An IoU token and 4 mask tokens are prepended to the prompt tokens; after the two-way
+transformer the image tokens are upscaled 4x (64x64 -> 256x256) by two transposed convs,
+each mask token passes through its own 3-layer hypernetwork MLP to give the weights of a
+dynamic linear classifier over the upscaled channels, and the IoU token predicts one IoU
+per mask. Mask 0 is the single-output mask (used when several prompts disambiguate);
+masks 1-3 are the whole/part/subpart outputs for an ambiguous single prompt.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .common import MLP, LayerNorm2d
+
+
+class MaskDecoder(nn.Module):
+    """Predicts masks and IoU scores from an image embedding and prompt embeddings."""
+
+    def __init__(
+        self,
+        *,
+        transformer_dim: int,
+        transformer: nn.Module,
+        num_multimask_outputs: int = 3,
+        activation: type[nn.Module] = nn.GELU,
+        iou_head_depth: int = 3,
+        iou_head_hidden_dim: int = 256,
+    ) -> None:
+        super().__init__()
+        self.transformer_dim = transformer_dim
+        self.transformer = transformer
+        self.num_multimask_outputs = num_multimask_outputs
+        self.iou_token = nn.Embedding(1, transformer_dim)
+        self.num_mask_tokens = num_multimask_outputs + 1
+        self.mask_tokens = nn.Embedding(self.num_mask_tokens, transformer_dim)
+        self.output_upscaling = nn.Sequential(
+            nn.ConvTranspose2d(transformer_dim, transformer_dim // 4, kernel_size=2, stride=2),
+            LayerNorm2d(transformer_dim // 4),
+            activation(),
+            nn.ConvTranspose2d(transformer_dim // 4, transformer_dim // 8, kernel_size=2, stride=2),
+            activation(),
+        )
+        self.output_hypernetworks_mlps = nn.ModuleList(
+            MLP(transformer_dim, transformer_dim, transformer_dim // 8, 3) for _ in range(self.num_mask_tokens)
+        )
+        self.iou_prediction_head = MLP(transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth)
+
+    def forward(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+        multimask_output: bool,
+        image_cache: dict[str, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        Args:
+            image_embeddings: 1xCxHxW (shared by every prompt set) or BxCxHxW (one per set).
+            image_pe: 1xCxHxW positional encoding of the embedding grid.
+            sparse_prompt_embeddings: BxNxC.
+            dense_prompt_embeddings: BxCxHxW (or 1xCxHxW).
+            multimask_output: return masks 1..3 instead of mask 0.
+            image_cache: first-layer image projections (:meth:`TwoWayTransformer.image_projections`)
+                valid for this image embedding *plus* this dense prompt.
+        Returns:
+            low-res mask logits BxMx(4H)x(4W) and IoU predictions BxM, M = 3 or 1.
+        """
+        mask_slice = slice(1, None) if multimask_output else slice(0, 1)
+        return self.predict_masks(
+            image_embeddings,
+            image_pe,
+            sparse_prompt_embeddings,
+            dense_prompt_embeddings,
+            mask_slice=mask_slice,
+            image_cache=image_cache,
+        )
+
+    def predict_masks(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+        mask_slice: slice = slice(None),
+        image_cache: dict[str, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """All-output form (``mask_slice`` selects which mask tokens to decode).
+
+        Only the selected hypernetworks run: each mask depends on its own token alone, so
+        skipping the unused ones changes nothing but the time.
+        """
+        b = sparse_prompt_embeddings.shape[0]
+        output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
+        output_tokens = output_tokens.unsqueeze(0).expand(b, -1, -1)
+        tokens = torch.cat((output_tokens, sparse_prompt_embeddings.to(output_tokens.dtype)), dim=1)
+
+        if image_embeddings.shape[0] not in (1, b):
+            raise ValueError(
+                f"image_embeddings batch {image_embeddings.shape[0]} must be 1 or match the "
+                f"prompt batch {b}"
+            )
+        src = image_embeddings + dense_prompt_embeddings
+        if src.shape[0] != b:
+            src = src.expand(b, -1, -1, -1)
+        _, c, h, w = src.shape
+        hs, src = self.transformer(src, image_pe, tokens, image_cache=image_cache)
+        iou_token_out = hs[:, 0, :]
+        mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
+
+        upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
+        indices = range(self.num_mask_tokens)[mask_slice]
+        hyper_in = torch.stack(
+            [self.output_hypernetworks_mlps[i](mask_tokens_out[:, i, :]) for i in indices], dim=1
+        )
+        _, uc, uh, uw = upscaled.shape
+        masks = (hyper_in @ upscaled.reshape(b, uc, uh * uw)).reshape(b, -1, uh, uw)
+        iou_pred = self.iou_prediction_head(iou_token_out)[:, mask_slice]
+        return masks, iou_pred

@@ -1,0 +1,447 @@
+"""SamPredictor: compute an image embedding once, then answer many prompts cheaply.
+
+The official API and semantics are kept exactly (``set_image``, ``predict`` returning numpy
+``(masks, iou_predictions, low_res_masks)``, ``predict_torch``, ...). Additions:
+
+- ``predict`` accepts N boxes (Nx4), N point sets (NxKx2 with NxK labels) and N mask inputs
+  (Nx1x256x256) and returns N results in one call (leading N axis);
+- ``set_images`` / ``predict_batch``: several images, each with its own prompts;
+- ``save_embedding`` / ``load_embedding``: keep an embedding in a file (a server computes it
+  once);
+- ``text_embedding=``: a precomputed text embedding as a prompt, for models with a
+  text-projection head (paper section 7.5);
+- every input is validated and a bad one raises ``ValueError`` naming the problem.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .embeddings import load_embedding_file, save_embedding_file
+from .image_io import to_rgb_uint8
+from .modeling import Sam
+from .transforms import ResizeLongestSide
+
+LOW_RES = 256  # side of the decoder's low-resolution logits and of mask_input
+
+
+@dataclass
+class ImageState:
+    """What the predictor keeps per image: its embedding and its frames."""
+
+    features: torch.Tensor  # 1x256x64x64
+    original_size: tuple[int, int]
+    input_size: tuple[int, int]
+    decoder_cache: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+
+
+class SamPredictor:
+    """Interactive predictor over one image (or a batch of images, see :meth:`set_images`)."""
+
+    def __init__(self, sam_model: Sam) -> None:
+        self.model = sam_model
+        self.transform = ResizeLongestSide(sam_model.image_encoder.img_size)
+        self._batch: list[ImageState] = []
+        self.reset_image()
+
+    # ------------------------------------------------------------------ image embedding
+
+    def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
+        """Compute the embedding of an HxWxC uint8 image (grayscale, RGBA and 16-bit images
+        are converted; see :func:`segany.image_io.to_rgb_uint8`)."""
+        input_image, original_size = self._prepare_image(image, image_format)
+        self.set_torch_image(input_image, original_size)
+
+    def _prepare_image(self, image: np.ndarray, image_format: str) -> tuple[torch.Tensor, tuple[int, int]]:
+        if image_format not in ("RGB", "BGR"):
+            raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
+        image = to_rgb_uint8(image)
+        if image_format != self.model.image_format:
+            image = image[..., ::-1]
+        h, w = image.shape[:2]
+        new_h, new_w = self.transform.get_preprocess_shape(h, w, self.transform.target_length)
+        if new_h == 0 or new_w == 0:
+            raise ValueError(
+                f"image of {w}x{h} pixels is too elongated: resized to {new_w}x{new_h} it has no pixels"
+            )
+        resized = np.array(self.transform.apply_image(image))  # writable copy for torch
+        tensor = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None]
+        return tensor, (h, w)
+
+    @torch.no_grad()
+    def set_torch_image(self, transformed_image: torch.Tensor, original_image_size: tuple[int, ...]) -> None:
+        """Compute the embedding of a 1x3xHxW image already resized to the input frame."""
+        size = self.model.image_encoder.img_size
+        if (
+            not isinstance(transformed_image, torch.Tensor)
+            or transformed_image.ndim != 4
+            or transformed_image.shape[1] != 3
+            or max(transformed_image.shape[2:]) != size
+        ):
+            shape = tuple(getattr(transformed_image, "shape", ()))
+            raise ValueError(f"set_torch_image input must be BCHW with long side {size}, got shape {shape}")
+        self.reset_image()
+        features = self.model.image_encoder(self.model.preprocess(transformed_image))
+        self._set_state(
+            ImageState(
+                features=features,
+                original_size=(int(original_image_size[0]), int(original_image_size[1])),
+                input_size=(int(transformed_image.shape[-2]), int(transformed_image.shape[-1])),
+            )
+        )
+
+    def _set_state(self, state: ImageState) -> None:
+        self._state = state
+        self.features = state.features
+        self.original_size = state.original_size
+        self.input_size = state.input_size
+        self.orig_h, self.orig_w = state.original_size
+        self.input_h, self.input_w = state.input_size
+        self.is_image_set = True
+
+    def get_image_embedding(self) -> torch.Tensor:
+        """The 1x256x64x64 embedding of the current image."""
+        if not self.is_image_set:
+            raise RuntimeError("An image must be set with .set_image(...) to generate an embedding.")
+        return self.features
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def reset_image(self) -> None:
+        """Forget the current image (and any batch set with :meth:`set_images`)."""
+        self.is_image_set = False
+        self.features = None
+        self.orig_h = None
+        self.orig_w = None
+        self.input_h = None
+        self.input_w = None
+        self._state: ImageState | None = None
+        self._batch = []
+
+    # ------------------------------------------------------------------ prompts -> masks
+
+    def predict(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+        text_embedding: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Predict masks for prompts given in the original image frame.
+
+        Args:
+            point_coords: Kx2 (x, y) pixels, or NxKx2 for N point sets.
+            point_labels: K (or NxK) labels: 1 foreground, 0 background, -1 ignored.
+            box: 4 (XYXY) or Nx4 for N boxes.
+            mask_input: 1x256x256 low-res logits from an earlier call (or Nx1x256x256).
+            multimask_output: 3 masks (whole/part/subpart) instead of 1.
+            return_logits: unthresholded logits instead of boolean masks.
+            text_embedding: D (or NxD) text embedding, for models with a text head.
+        Returns:
+            masks CxHxW, iou_predictions C, low_res_masks Cx256x256; with a leading N axis
+            when any prompt was given in batched form.
+        """
+        if not self.is_image_set:
+            raise RuntimeError("An image must be set with .set_image(...) before mask prediction.")
+        return self._predict_numpy(
+            self._state, point_coords, point_labels, box, mask_input, multimask_output, return_logits, text_embedding
+        )
+
+    @torch.no_grad()
+    def predict_torch(
+        self,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+        text_embedding: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Batched prediction with prompts already in the *input* frame (see
+        ``predictor.transform``): point_coords BxNx2, point_labels BxN, boxes Bx4,
+        mask_input Bx1x256x256, text_embedding BxD. Returns BxCxHxW masks, BxC scores and
+        BxCx256x256 low-res logits."""
+        if not self.is_image_set:
+            raise RuntimeError("An image must be set with .set_image(...) before mask prediction.")
+        return self._predict_state(
+            self._state, point_coords, point_labels, boxes, mask_input, multimask_output, return_logits, text_embedding
+        )
+
+    def _predict_state(
+        self,
+        state: ImageState,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None,
+        mask_input: torch.Tensor | None,
+        multimask_output: bool,
+        return_logits: bool,
+        text_embedding: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if point_coords is not None and point_labels is None:
+            raise ValueError("point_labels must be supplied if point_coords is supplied.")
+        points = (point_coords, point_labels) if point_coords is not None else None
+        batch = max(
+            (t.shape[0] for t in (point_coords, boxes, mask_input, text_embedding) if t is not None), default=1
+        )
+        if points is not None and points[0].shape[0] == 1 and batch > 1:
+            points = (points[0].expand(batch, -1, -1), points[1].expand(batch, -1))
+        if boxes is not None and boxes.shape[0] == 1 and batch > 1:
+            boxes = boxes.expand(batch, -1)
+        if text_embedding is not None and text_embedding.shape[0] == 1 and batch > 1:
+            text_embedding = text_embedding.expand(batch, -1)
+        prompt_encoder = self.model.prompt_encoder
+        sparse, dense = prompt_encoder(points=points, boxes=boxes, masks=mask_input, text=text_embedding)
+        image_pe = prompt_encoder.get_dense_pe()
+        cache = None
+        if mask_input is None:
+            # The first decoder layer's image-side projections are prompt-independent when
+            # there is no dense prompt: compute them once per image.
+            if state.decoder_cache is None:
+                src = state.features + dense[:1]
+                state.decoder_cache = self.model.mask_decoder.transformer.image_projections(src, image_pe)
+            cache = state.decoder_cache
+        low_res, iou = self.model.mask_decoder(
+            image_embeddings=state.features,
+            image_pe=image_pe,
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask_output,
+            image_cache=cache,
+        )
+        masks = self.model.postprocess_masks(low_res, state.input_size, state.original_size)
+        if not return_logits:
+            masks = masks > self.model.mask_threshold
+        return masks, iou, low_res
+
+    def _predict_numpy(
+        self,
+        state: ImageState,
+        point_coords: np.ndarray | None,
+        point_labels: np.ndarray | None,
+        box: np.ndarray | None,
+        mask_input: np.ndarray | None,
+        multimask_output: bool,
+        return_logits: bool,
+        text_embedding: np.ndarray | None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        prompts = validate_prompts(
+            state.original_size, point_coords, point_labels, box, mask_input, multimask_output, text_embedding
+        )
+        dev = self.device
+        coords_t = labels_t = box_t = mask_t = text_t = None
+        if prompts.point_coords is not None:
+            coords = self.transform.apply_coords(prompts.point_coords, state.original_size)
+            coords_t = torch.as_tensor(coords, dtype=torch.float, device=dev)
+            labels_t = torch.as_tensor(prompts.point_labels, dtype=torch.int, device=dev)
+        if prompts.box is not None:
+            box_t = torch.as_tensor(self.transform.apply_boxes(prompts.box, state.original_size), dtype=torch.float, device=dev)
+        if prompts.mask_input is not None:
+            mask_t = torch.as_tensor(prompts.mask_input, dtype=torch.float, device=dev)
+        if prompts.text_embedding is not None:
+            text_t = torch.as_tensor(prompts.text_embedding, dtype=torch.float, device=dev)
+        with torch.no_grad():
+            masks, iou, low_res = self._predict_state(
+                state, coords_t, labels_t, box_t, mask_t, bool(multimask_output), return_logits, text_t
+            )
+        masks_np = masks.cpu().numpy()
+        iou_np = iou.cpu().numpy()
+        low_np = low_res.cpu().numpy()
+        if not prompts.batched:
+            return masks_np[0], iou_np[0], low_np[0]
+        return masks_np, iou_np, low_np
+
+    # ------------------------------------------------------------------ several images
+
+    @torch.no_grad()
+    def set_images(self, images: list[np.ndarray], image_format: str = "RGB", batch_size: int = 4) -> None:
+        """Embed several images (encoder batches of ``batch_size``) for :meth:`predict_batch`.
+
+        The first image also becomes the current image of :meth:`predict`.
+        """
+        if not images:
+            raise ValueError("set_images needs at least one image")
+        prepared = [self._prepare_image(im, image_format) for im in images]
+        size = self.model.image_encoder.img_size
+        states: list[ImageState] = []
+        for start in range(0, len(prepared), batch_size):
+            chunk = prepared[start : start + batch_size]
+            batch = torch.cat([self.model.preprocess(t) for t, _ in chunk], dim=0)
+            assert batch.shape[-1] == size and batch.shape[-2] == size
+            feats = self.model.image_encoder(batch)
+            for (t, orig), f in zip(chunk, feats):
+                states.append(ImageState(f[None], orig, (int(t.shape[-2]), int(t.shape[-1]))))
+        self.reset_image()
+        self._batch = states
+        self._set_state(states[0])
+
+    def predict_batch(
+        self, prompts: list[dict], multimask_output: bool = True, return_logits: bool = False
+    ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """One result per image set with :meth:`set_images`; ``prompts[i]`` holds the keyword
+        arguments of :meth:`predict` (``point_coords``, ``point_labels``, ``box``,
+        ``mask_input``, ``text_embedding``) for image i."""
+        if not self._batch:
+            raise RuntimeError("Images must be set with .set_images([...]) before predict_batch.")
+        if len(prompts) != len(self._batch):
+            raise ValueError(f"got prompts for {len(prompts)} images, but {len(self._batch)} images are set")
+        allowed = {"point_coords", "point_labels", "box", "mask_input", "text_embedding"}
+        results = []
+        for i, (state, p) in enumerate(zip(self._batch, prompts)):
+            extra = set(p) - allowed
+            if extra:
+                raise ValueError(f"prompts[{i}] has unknown keys {sorted(extra)}; allowed: {sorted(allowed)}")
+            results.append(
+                self._predict_numpy(
+                    state,
+                    p.get("point_coords"),
+                    p.get("point_labels"),
+                    p.get("box"),
+                    p.get("mask_input"),
+                    multimask_output,
+                    return_logits,
+                    p.get("text_embedding"),
+                )
+            )
+        return results
+
+    # ------------------------------------------------------------------ embedding files
+
+    def save_embedding(self, path: str | os.PathLike) -> None:
+        """Write the current image's embedding and frames to a ``.safetensors`` file."""
+        if not self.is_image_set:
+            raise RuntimeError("An image must be set with .set_image(...) before saving its embedding.")
+        save_embedding_file(path, self.model, self.features, self.original_size, self.input_size)
+
+    def load_embedding(self, path: str | os.PathLike) -> None:
+        """Make the embedding stored by :meth:`save_embedding` the current image; refuses a
+        file written by a different model."""
+        features, original_size, input_size = load_embedding_file(path, self.model)
+        self.reset_image()
+        self._set_state(ImageState(features.to(self.device), original_size, input_size))
+
+
+# ---------------------------------------------------------------------- validation
+
+
+@dataclass
+class Prompts:
+    point_coords: np.ndarray | None
+    point_labels: np.ndarray | None
+    box: np.ndarray | None
+    mask_input: np.ndarray | None
+    text_embedding: np.ndarray | None
+    batched: bool
+
+
+def _as_float_array(x: object, name: str) -> np.ndarray:
+    try:
+        arr = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be numeric, got {type(x).__name__}") from None
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return arr
+
+
+def validate_prompts(
+    original_size: tuple[int, int],
+    point_coords: np.ndarray | None,
+    point_labels: np.ndarray | None,
+    box: np.ndarray | None,
+    mask_input: np.ndarray | None,
+    multimask_output: bool,
+    text_embedding: np.ndarray | None,
+) -> Prompts:
+    """Check prompts in the original frame and bring them to batched form (leading N)."""
+    h, w = original_size
+    if not isinstance(multimask_output, (bool, np.bool_)):
+        raise ValueError(f"multimask_output must be a bool, got {type(multimask_output).__name__}")
+    batched = False
+    sizes: dict[str, int] = {}
+    coords = labels = boxes = masks = text = None
+    if point_coords is None and point_labels is not None:
+        raise ValueError("point_labels given without point_coords")
+    if point_coords is not None:
+        if point_labels is None:
+            raise ValueError("point_labels must be supplied if point_coords is supplied.")
+        coords = _as_float_array(point_coords, "point_coords")
+        labels_f = _as_float_array(point_labels, "point_labels")
+        if coords.ndim == 2 and coords.shape[1] == 2:
+            coords, labels_f = coords[None], labels_f[None] if labels_f.ndim == 1 else labels_f
+        elif coords.ndim == 3 and coords.shape[2] == 2:
+            batched = True
+        else:
+            raise ValueError(f"point_coords must be Kx2 or NxKx2, got shape {np.shape(point_coords)}")
+        if labels_f.shape != coords.shape[:2]:
+            raise ValueError(
+                f"point_labels shape {np.shape(point_labels)} does not match point_coords shape "
+                f"{np.shape(point_coords)} (one label per point)"
+            )
+        if coords.shape[1] == 0:
+            raise ValueError("point_coords is empty; give at least one point or leave it None")
+        if not np.isin(labels_f, (-1, 0, 1)).all():
+            bad = labels_f[~np.isin(labels_f, (-1, 0, 1))][0]
+            raise ValueError(f"point_labels must be 1 (foreground), 0 (background) or -1 (ignore); got {bad:g}")
+        labels = labels_f.astype(np.int64)
+        real = labels != -1
+        xs, ys = coords[..., 0][real], coords[..., 1][real]
+        outside = (xs < 0) | (xs > w) | (ys < 0) | (ys > h)
+        if outside.any():
+            i = int(np.argmax(outside))
+            raise ValueError(f"point ({xs[i]:g}, {ys[i]:g}) is outside the {w}x{h} image")
+        sizes["point_coords"] = coords.shape[0]
+    if box is not None:
+        boxes = _as_float_array(box, "box")
+        if boxes.shape == (4,):
+            boxes = boxes[None]
+        elif boxes.ndim == 2 and boxes.shape[1] == 4:
+            batched = True
+        else:
+            raise ValueError(f"box must be 4 (XYXY) or Nx4, got shape {np.shape(box)}")
+        if boxes.shape[0] == 0:
+            raise ValueError("box is empty (0x4); give at least one box or leave it None")
+        for b in boxes:
+            if b[2] < b[0] or b[3] < b[1]:
+                raise ValueError(f"box {b.tolist()} has x1 < x0 or y1 < y0 (expected XYXY)")
+            if b[0] < 0 or b[1] < 0 or b[2] > w or b[3] > h:
+                raise ValueError(f"box {b.tolist()} extends outside the {w}x{h} image; clip it first")
+        sizes["box"] = boxes.shape[0]
+    if mask_input is not None:
+        masks = _as_float_array(mask_input, "mask_input").astype(np.float32)
+        if masks.shape == (1, LOW_RES, LOW_RES):
+            masks = masks[None]
+        elif masks.ndim == 4 and masks.shape[1:] == (1, LOW_RES, LOW_RES):
+            batched = True
+        else:
+            raise ValueError(
+                f"mask_input must be 1x{LOW_RES}x{LOW_RES} (low_res_masks[i:i+1] of an earlier call) "
+                f"or Nx1x{LOW_RES}x{LOW_RES}, got shape {np.shape(mask_input)}"
+            )
+        sizes["mask_input"] = masks.shape[0]
+    if text_embedding is not None:
+        text = _as_float_array(text_embedding, "text_embedding").astype(np.float32)
+        if text.ndim == 1:
+            text = text[None]
+        elif text.ndim == 2:
+            batched = True
+        else:
+            raise ValueError(f"text_embedding must be D or NxD, got shape {np.shape(text_embedding)}")
+        sizes["text_embedding"] = text.shape[0]
+    if not sizes:
+        raise ValueError("no prompt given: pass point_coords/point_labels, box, mask_input or text_embedding")
+    n = max(sizes.values())
+    for name, k in sizes.items():
+        if k not in (1, n):
+            raise ValueError(f"batched prompts disagree: {name} has {k} entries, others {n}")
+    return Prompts(coords, labels, boxes, masks, text, batched)
