@@ -165,7 +165,9 @@ def test_encoder_with_preprocess_takes_any_image_size(model, tmp_path):
         (emb,) = sess.run(None, {"input_image": image})
         with torch.no_grad():
             ref = wrapper(torch.from_numpy(image)).numpy()
-        np.testing.assert_allclose(emb, ref, atol=ATOL, rtol=0)
+        # ONNX Resize and torch's interpolate of 0..255 values differ by ~6e-5 after
+        # normalisation (float32 rounding), which 6 encoder blocks amplify to ~2e-4
+        np.testing.assert_allclose(emb, ref, atol=5e-4, rtol=0)
     # the graph's resize + normalise + pad is the model's own preprocessing geometry
     padded = wrapper.preprocess(torch.from_numpy(image))
     assert padded.shape == (1, 3, model.img_size, model.img_size)
