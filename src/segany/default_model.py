@@ -25,18 +25,22 @@ def default_weights_path() -> Path | None:
     return DEFAULT_WEIGHTS if DEFAULT_WEIGHTS.is_file() else None
 
 
-def load_default_model(device: str | torch.device = "cpu") -> Sam:
-    """The shipped trained model, or (clearly flagged) a random-init ``segany_tiny``."""
+def load_default_model(device: str | torch.device = "cpu", warn: bool = True) -> Sam:
+    """The shipped trained model, or (clearly flagged) a random-init ``segany_tiny``.
+
+    ``warn=False`` is for callers that tell the user themselves (the CLI prints a note).
+    """
     path = default_weights_path()
     if path is not None:
         model = build_model("auto", path)
         model.is_trained = True  # type: ignore[assignment]
     else:
-        warnings.warn(
-            "segany has no trained default weights yet (segany/weights/segany_default.safetensors); "
-            "using a RANDOMLY INITIALISED segany_tiny model: its masks are meaningless",
-            stacklevel=2,
-        )
+        if warn:
+            warnings.warn(
+                "segany has no trained default weights yet (segany/weights/segany_default.safetensors); "
+                "using a RANDOMLY INITIALISED segany_tiny model: its masks are meaningless",
+                stacklevel=2,
+            )
         with torch.random.fork_rng():
             torch.manual_seed(0)
             model = build_model("segany_tiny")

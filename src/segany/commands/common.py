@@ -28,7 +28,7 @@ def load_model_from_args(args: argparse.Namespace) -> Sam:
     from ..modeling.registry import build_model
 
     if args.checkpoint is None and args.model_type in (None, "default_segany"):
-        model = load_default_model(args.device)
+        model = load_default_model(args.device, warn=False)
         if not getattr(model, "is_trained", False):
             print(
                 "note: using a RANDOMLY INITIALISED segany_tiny model (no trained default weights "
