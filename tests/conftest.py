@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from reference import random_state_dict, reference_sam
-
 from segany import SamPredictor, build_model
 
 torch.set_num_threads(min(2, torch.get_num_threads()))

@@ -59,6 +59,7 @@ def test_several_images_each_with_prompts(small_model):
         assert m.shape == m1.shape
         assert np.abs(m - m1).max() < 1e-3
         assert np.abs(s - s1).max() < 1e-4
+        assert np.abs(lo - lo1).max() < 1e-4
     with pytest.raises(ValueError, match="2 images"):
         p.predict_batch(prompts[:1])
     with pytest.raises(ValueError, match="unknown keys"):

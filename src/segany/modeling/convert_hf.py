@@ -56,8 +56,9 @@ def official_to_hf_key(key: str) -> str:
 
 def _official_keys(depth: int) -> list[str]:
     """Every parameter name of a Sam with a ``depth``-block ViT encoder (no text head)."""
-    from .registry import MODEL_CONFIGS, build_from_config
     from dataclasses import replace
+
+    from .registry import MODEL_CONFIGS, build_from_config
 
     cfg = replace(MODEL_CONFIGS["vit_b"], encoder_depth=depth, encoder_embed_dim=12,
                   encoder_num_heads=1, encoder_global_attn_indexes=())

@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import os
 import zipfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -221,7 +222,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         ) from None
     if not state:
         raise CheckpointError(f"checkpoint {path} holds no tensors")
-    from .convert_hf import is_hf_layout, convert_hf_state_dict
+    from .convert_hf import convert_hf_state_dict, is_hf_layout
 
     if is_hf_layout(state):
         state = convert_hf_state_dict(state)

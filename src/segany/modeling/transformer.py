@@ -9,7 +9,6 @@ queries and keys at every attention, and cross-attention works in a 128-channel 
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
