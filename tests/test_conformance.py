@@ -14,7 +14,6 @@ import torch
 from PIL import Image
 
 from reference import import_reference
-
 from segany import SamPredictor
 
 TOL = 1e-4
@@ -172,7 +171,6 @@ def test_batched_model_forward_matches(twin_models):
 def test_full_vit_b_matches():
     """One full-size ViT-B comparison (12 blocks, 4 global) on a real photo."""
     from reference import random_state_dict, reference_sam
-
     from segany import build_model
 
     ref, ref_pkg = reference_sam(depth=12, global_attn=(2, 5, 8, 11))
