@@ -1,0 +1,82 @@
+"""``segany export onnx``: write the decoder (official ONNX signature) and/or image encoder."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from .common import add_model_args, load_model_from_args
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("export", help="export the model (ONNX)")
+    kinds = parser.add_subparsers(dest="export_kind", metavar="FORMAT", required=True)
+    onnx = kinds.add_parser(
+        "onnx",
+        help="prompt encoder + mask decoder with the official ONNX signature, optionally the image encoder",
+        description="Writes OUT (the decoder, inputs image_embeddings/point_coords/point_labels/mask_input/"
+        "has_mask_input/orig_im_size -> masks/iou_predictions/low_res_masks), the format CVAT, Label Studio, "
+        "X-AnyLabeling and segany's annotation page consume.",
+    )
+    add_model_args(onnx)
+    onnx.add_argument("--out", required=True, help="decoder .onnx path")
+    onnx.add_argument("--return-single-mask", action="store_true", help="output only the best mask")
+    onnx.add_argument("--quantize", action="store_true", help="uint8 dynamic quantisation (smaller, slightly less exact)")
+    onnx.add_argument("--use-stability-score", action="store_true", help="stability score in place of predicted IoU")
+    onnx.add_argument("--return-extra-metrics", action="store_true", help="also output stability_scores and areas")
+    onnx.add_argument("--encoder-out", default=None, help="also export the image encoder to this path")
+    onnx.add_argument(
+        "--encoder-preprocess",
+        action="store_true",
+        help="encoder takes a uint8 HxWx3 RGB image of any size (resize, normalise and pad in the graph)",
+    )
+    onnx.add_argument("--opset", type=int, default=17)
+    onnx.add_argument("--check", action="store_true", help="run the decoder once in onnxruntime and print its latency")
+    onnx.set_defaults(func=run_onnx)
+
+
+def run_onnx(args: argparse.Namespace) -> int:
+    from ..export.onnx import export_decoder, export_encoder
+
+    args.device = "cpu"
+    model = load_model_from_args(args)
+    t0 = time.perf_counter()
+    out = export_decoder(
+        model,
+        args.out,
+        return_single_mask=args.return_single_mask,
+        use_stability_score=args.use_stability_score,
+        return_extra_metrics=args.return_extra_metrics,
+        quantize=args.quantize,
+        opset=args.opset,
+    )
+    print(f"decoder: {out} ({out.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - t0:.1f} s)")
+    if args.encoder_out:
+        t0 = time.perf_counter()
+        enc = export_encoder(
+            model, args.encoder_out, with_preprocess=args.encoder_preprocess, quantize=args.quantize, opset=args.opset
+        )
+        print(f"encoder: {enc} ({enc.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - t0:.1f} s)")
+    if args.check:
+        print(f"onnxruntime decoder latency: {_check_latency(Path(out)):.1f} ms (median of 20, 1 thread)")
+    return 0
+
+
+def _check_latency(path: Path) -> float:
+    import numpy as np
+    import onnxruntime as ort
+
+    from ..export.onnx import decoder_example_inputs
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    feeds = {k: v.numpy() for k, v in decoder_example_inputs(n_points=2).items()}
+    sess.run(None, feeds)
+    times = []
+    for _ in range(20):
+        t0 = time.perf_counter()
+        sess.run(None, feeds)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1000)
