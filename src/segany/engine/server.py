@@ -203,6 +203,10 @@ def create_app(config: ServerConfig):  # noqa: C901 - one closure per route keep
     def index() -> Response:
         return FileResponse(WEB_DIR / "index.html", media_type="text/html")
 
+    @app.get("/favicon.ico")
+    def favicon() -> Response:
+        return Response(status_code=204)
+
     @app.get("/static/{name}")
     def static(name: str) -> Response:
         if name not in PAGE_FILES:

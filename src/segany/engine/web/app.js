@@ -15,7 +15,9 @@
     sessionStorage.setItem("segany-token", token);
     history.replaceState(null, "", location.pathname); // keep the token out of the address bar
   }
-  const CURRENT_RGBA = [30, 144, 255, 150];
+  // Opaque pixels; the layer's CSS opacity makes them an overlay, so the canvas holds exact
+  // colours (semi-transparent pixels would be premultiplied and read back rounded).
+  const CURRENT_RGBA = [30, 144, 255, 255];
   const PALETTE = [[230, 25, 75], [60, 180, 75], [255, 225, 25], [245, 130, 48], [145, 30, 180],
     [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212], [0, 128, 128], [220, 190, 255],
     [170, 110, 40], [128, 0, 0], [170, 255, 195], [128, 128, 0], [0, 0, 128]];
@@ -149,8 +151,8 @@
     S.accepted.forEach((a, k) => {
       if (S.cur.replaces === a.id) return; // being edited: shown as the current mask
       const col = PALETTE[k % PALETTE.length];
-      const alpha = a.id === S.selected ? 190 : 110;
-      for (let i = 0; i < N; i++) if (a.mask[i]) { const o = 4 * i; d[o] = col[0]; d[o + 1] = col[1]; d[o + 2] = col[2]; d[o + 3] = alpha; }
+      const f = a.id === S.selected ? 0.6 : 1.0; // the selected mask is drawn darker
+      for (let i = 0; i < N; i++) if (a.mask[i]) { const o = 4 * i; d[o] = col[0] * f; d[o + 1] = col[1] * f; d[o + 2] = col[2] * f; d[o + 3] = 255; }
     });
     const m = currentMask();
     if (m) for (let i = 0; i < N; i++) if (m[i]) { const o = 4 * i; d[o] = CURRENT_RGBA[0]; d[o + 1] = CURRENT_RGBA[1]; d[o + 2] = CURRENT_RGBA[2]; d[o + 3] = CURRENT_RGBA[3]; }

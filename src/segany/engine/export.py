@@ -1,0 +1,111 @@
+"""Export the annotation store as an SA-1B-format dataset (and one COCO JSON).
+
+SA-1B stores one ``<name>.jpg`` + ``<name>.json`` pair per image; the JSON holds
+``{"image": {image_id, width, height, file_name}, "annotations": [{id, segmentation (COCO
+RLE), bbox (XYWH), area, predicted_iou, stability_score, point_coords, crop_box}]}``. That
+is what the paper's retraining consumed, so the data engine's output feeds ``segany train``
+directly. ``coco.json`` holds the same masks as class-agnostic COCO instances (category 1,
+"object") for tools that read COCO. Every file is written to a temp name and renamed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from .store import Store
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f)
+    os.replace(tmp, path)
+
+
+def export_dataset(
+    store: Store,
+    out_dir: str | Path,
+    *,
+    sources: tuple[str, ...] | None = None,
+    copy_images: bool = True,
+    include_empty: bool = False,
+) -> dict[str, int]:
+    """Write ``out_dir/sa_<id>.{jpg|png,json}`` per annotated image plus ``coco.json``.
+
+    Args:
+        sources: only masks with these sources (default: all).
+        copy_images: copy each image beside its JSON (SA-1B layout); otherwise
+            ``file_name`` is the absolute source path.
+        include_empty: also write images that have no masks.
+    Returns counts: images, masks.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    masks_by_image: dict[int, list] = {}
+    for m in store.masks():
+        if sources is None or m.source in sources:
+            masks_by_image.setdefault(m.image_id, []).append(m)
+    coco: dict[str, Any] = {
+        "info": {"description": "segany data engine export"},
+        "images": [],
+        "annotations": [],
+        "categories": [{"id": 1, "name": "object", "supercategory": "object"}],
+    }
+    n_images = n_masks = 0
+    for image in tqdm(store.images(), desc="exporting", unit="image"):
+        rows = masks_by_image.get(image.id, [])
+        if not rows and not include_empty:
+            continue
+        src = Path(image.path)
+        stem = f"sa_{image.id}"
+        if copy_images:
+            file_name = stem + src.suffix.lower()
+            tmp = out / (file_name + ".tmp")
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, out / file_name)
+        else:
+            file_name = str(src)
+        annotations = []
+        for m in rows:
+            ann = {
+                "id": m.id,
+                "segmentation": {"size": [int(v) for v in m.rle["size"]], "counts": m.rle["counts"]},
+                "bbox": [float(v) for v in m.bbox],
+                "area": int(m.area),
+                "predicted_iou": float(m.score) if m.score is not None else 1.0,
+                "stability_score": 1.0,
+                "point_coords": [],
+                "crop_box": [0.0, 0.0, float(image.width), float(image.height)],
+                "source": m.source,
+                "annotator": m.annotator,
+                "model_version": m.model_version,
+                "seconds": m.seconds,
+            }
+            annotations.append(ann)
+            coco["annotations"].append(
+                {
+                    "id": m.id,
+                    "image_id": image.id,
+                    "category_id": 1,
+                    "segmentation": ann["segmentation"],
+                    "area": ann["area"],
+                    "bbox": ann["bbox"],
+                    "iscrowd": 0,
+                }
+            )
+        record = {
+            "image": {"image_id": image.id, "width": image.width, "height": image.height, "file_name": file_name},
+            "annotations": annotations,
+        }
+        _write_json(out / f"{stem}.json", record)
+        coco["images"].append({"id": image.id, "width": image.width, "height": image.height, "file_name": file_name})
+        n_images += 1
+        n_masks += len(annotations)
+    _write_json(out / "coco.json", coco)
+    return {"images": n_images, "masks": n_masks}
