@@ -1,0 +1,177 @@
+"""``segany eval points | edges | proposals | instances | fairness``: the paper's zero-shot experiments.
+
+Each sub-command evaluates a model (``--checkpoint/--model-type``, default: the shipped
+segany model) on the eval splits of the project's data, shows a progress bar, uses fixed
+seeds, and writes ``OUT/report.json``, ``OUT/report.md`` and PNG figures. ``--limit N``
+evaluates N images per data set (drawn with the fixed seed) for quick, reduced runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from .common import add_model_args, load_model_from_args
+
+
+def _add_common(p: argparse.ArgumentParser, default_out: str) -> None:
+    add_model_args(p)
+    p.add_argument("--out", default=default_out, help=f"output folder for the report (default: {default_out})")
+    p.add_argument("--limit", type=int, default=None, help="evaluate at most N images per data set (reduced run)")
+    p.add_argument("--seed", type=int, default=0, help="seed for subsampling and random clicks (default 0)")
+    p.add_argument("--data-root", default=None, help="folder holding the data sets (default: ../shared/data)")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("eval", help="zero-shot evaluation suite (paper section 7 / appendix D)")
+    sub = parser.add_subparsers(dest="experiment", metavar="EXPERIMENT")
+    parser.set_defaults(func=lambda a: (parser.print_help(), 2)[1])
+
+    p = sub.add_parser("points", help="point-to-mask mIoU after 1-9 clicks, NoC@85/90 (7.1 / D.1)")
+    _add_common(p, "eval_points")
+    p.add_argument(
+        "--datasets",
+        nargs="+",
+        default=["grabcut", "coco_tiny", "dsb2018", "cvppp_a1"],
+        help="grabcut coco_tiny dsb2018 cvppp_a1 (eval splits), sa1b:FOLDER or coco:IMAGE_DIR:ANN.json",
+    )
+    p.add_argument("--first-click", choices=("center", "random"), default="center")
+    p.add_argument("--max-clicks", type=int, default=20, help="NoC cap (default 20)")
+    p.set_defaults(func=run_points)
+
+    p = sub.add_parser("edges", help="BSDS500 edge detection ODS/OIS/AP/R50 with Canny/Sobel baselines (7.2 / D.2)")
+    _add_common(p, "eval_edges")
+    p.add_argument("--split", default="test", help="BSDS500 split (default test, the benchmark's eval split)")
+    p.add_argument("--nthresh", type=int, default=99, help="benchmark thresholds (default 99, as the official benchmark)")
+    p.add_argument("--baselines", nargs="*", default=["canny", "sobel"], choices=("canny", "sobel"))
+    p.add_argument("--no-model", action="store_true", help="score the baselines only")
+    p.add_argument("--workers", type=int, default=1, help="processes for the benchmark matching (default 1)")
+    p.set_defaults(func=run_edges)
+
+    p = sub.add_parser("proposals", help="mask AR@1000 all/small/medium/large on coco_tiny val (7.3 / D.3)")
+    _add_common(p, "eval_proposals")
+    p.add_argument("--dataset", default="coco_tiny", help="coco_tiny or coco:IMAGE_DIR:ANN.json")
+    p.add_argument("--points-per-side", type=int, default=None, help="override the preset's 64x64 grid")
+    p.set_defaults(func=run_proposals)
+
+    p = sub.add_parser("instances", help="box-prompted COCO mask AP (7.4 / D.4)")
+    _add_common(p, "eval_instances")
+    p.add_argument("--dataset", default="coco_tiny", help="coco_tiny or coco:IMAGE_DIR:ANN.json")
+    p.add_argument("--detections", default=None, help="detector boxes as a COCO results JSON (default: ground-truth boxes)")
+    p.add_argument("--score-threshold", type=float, default=0.0, help="drop detections scored below this")
+    p.set_defaults(func=run_instances)
+
+    p = sub.add_parser("fairness", help="mIoU at 1 and 3 points per metadata group with 95%% bootstrap CIs (section 6)")
+    _add_common(p, "eval_fairness")
+    p.add_argument("--datasets", nargs="+", default=["coco_tiny"], help="as for `eval points`")
+    p.add_argument("--group-by", nargs="+", default=["supercategory", "size"], help="metadata columns to group by")
+    p.add_argument("--metadata", default=None, help="CSV with an 'image' column (image id) and more columns to group by")
+    p.add_argument("--first-click", choices=("center", "random"), default="random", help="the paper uses random")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    p.set_defaults(func=run_fairness)
+
+
+def _setup(args: argparse.Namespace) -> tuple[Any, dict[str, Any], str]:
+    import torch
+
+    from ..eval import report
+
+    torch.set_num_threads(max(1, args.threads))
+    torch.manual_seed(args.seed)
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {args.limit}")
+    model = load_model_from_args(args)
+    info = report.model_description(model, args.checkpoint)
+    command = "segany " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["eval"] else "segany eval"
+    return model, info, command
+
+
+def _load_datasets(specs: list[str], args: argparse.Namespace) -> dict[str, list[Any]]:
+    from ..eval import datasets
+
+    out = {}
+    for spec in specs:
+        name, images = datasets.resolve(spec, args.data_root)
+        out[name] = datasets.subsample(images, args.limit, args.seed)
+    return out
+
+
+def _done(out: Path, summary: str) -> int:
+    print(summary)
+    print(f"report: {out / 'report.md'}")
+    return 0
+
+
+def run_points(args: argparse.Namespace) -> int:
+    from ..eval import points
+    from ..predictor import SamPredictor
+
+    data = _load_datasets(args.datasets, args)
+    model, info, command = _setup(args)
+    res = points.run(
+        SamPredictor(model), data, Path(args.out), info, command, args.first_click, args.max_clicks, args.seed,
+        not args.no_progress,
+    )
+    m = res["mean"]["top"]
+    return _done(Path(args.out), f"mean mIoU@1 {100 * m['mIoU']['1']:.1f}  @9 {100 * m['mIoU']['9']:.1f}  NoC@90 {m['NoC@90']:.2f}")
+
+
+def run_edges(args: argparse.Namespace) -> int:
+    from ..eval import edges
+
+    model, info, command = (None, None, "segany eval edges") if args.no_model else _setup(args)
+    if args.no_model:
+        import torch
+
+        torch.manual_seed(args.seed)
+    res = edges.run(
+        model, Path(args.out), info, command, split=args.split, nthresh=args.nthresh, baselines_=args.baselines,
+        limit=args.limit, seed=args.seed, data_root=args.data_root, workers=args.workers,
+        show_progress=not args.no_progress,
+    )
+    line = "  ".join(f"{k} ODS {v['ODS']:.3f}" for k, v in res["methods"].items())
+    return _done(Path(args.out), line)
+
+
+def run_proposals(args: argparse.Namespace) -> int:
+    from ..eval import proposals
+
+    data = _load_datasets([args.dataset], args)
+    model, info, command = _setup(args)
+    name, images = next(iter(data.items()))
+    res = proposals.run(
+        model, name, images, Path(args.out), info, command, points_per_side=args.points_per_side,
+        show_progress=not args.no_progress,
+    )
+    return _done(Path(args.out), f"AR@1000 {res['AR@1000']['all']:.3f}")
+
+
+def run_instances(args: argparse.Namespace) -> int:
+    from ..eval import instances
+
+    data = _load_datasets([args.dataset], args)
+    model, info, command = _setup(args)
+    name, images = next(iter(data.items()))
+    res = instances.run(
+        model, name, images, Path(args.out), info, command, detections=args.detections,
+        score_threshold=args.score_threshold, show_progress=not args.no_progress,
+    )
+    return _done(Path(args.out), f"mask AP {res['AP']['AP']:.3f}")
+
+
+def run_fairness(args: argparse.Namespace) -> int:
+    from ..eval import fairness
+    from ..predictor import SamPredictor
+
+    data = _load_datasets(args.datasets, args)
+    model, info, command = _setup(args)
+    res = fairness.run(
+        SamPredictor(model), data, Path(args.out), info, command, group_by=args.group_by, metadata_csv=args.metadata,
+        first=args.first_click, seed=args.seed, n_boot=args.bootstrap, show_progress=not args.no_progress,
+    )
+    return _done(Path(args.out), f"{len(res['groups'])} group columns evaluated")

@@ -1,0 +1,325 @@
+"""Zero-shot point-to-mask evaluation (paper section 7.1, appendix D.1, figure 9).
+
+For every ground-truth object the first click goes to its centre (or a random interior pixel)
+and each further click to the deepest error (see :mod:`segany.eval.clicks`); the previous
+click's low-res logits are fed back with all clicks so far. The first prediction uses the
+three-mask (ambiguity-aware) output and keeps either the model's most confident mask ("top",
+the paper's default) or the one closest to the ground truth ("oracle", the circles of figure
+9a); later clicks use the single-mask output, as SAM's interactive training does.
+
+Reported per data set and averaged over data sets: mIoU after 1, 2, 3, 5 and 9 clicks for
+both tracks, and NoC@85 / NoC@90 (clicks needed to reach 85% / 90% IoU, at most 20).
+
+All objects of an image are simulated together (one image embedding, one batched decoder
+call per click), which is what makes the full runs affordable on a CPU.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..predictor import SamPredictor
+from . import clicks, report
+from .datasets import EvalImage, EvalObjects
+
+CLICK_COUNTS = (1, 2, 3, 5, 9)
+NOC_THRESHOLDS = (0.85, 0.90)
+TRACKS = ("top", "oracle")
+
+
+@dataclass
+class ObjectTrace:
+    """IoU after each click for one object, for both mask-selection tracks."""
+
+    meta: dict[str, Any]
+    ious: dict[str, list[float]] = field(default_factory=lambda: {t: [] for t in TRACKS})
+
+    def iou_at(self, track: str, n: int) -> float:
+        """IoU after ``n`` clicks (the last one reached if the simulation stopped earlier: no error left)."""
+        seq = self.ious[track]
+        return seq[min(n, len(seq)) - 1]
+
+    def noc(self, track: str, threshold: float, max_clicks: int) -> int:
+        return clicks.number_of_clicks(np.array(self.ious[track]), threshold, max_clicks)
+
+
+@dataclass
+class _Track:
+    points: list[tuple[int, int]]
+    labels: list[int]
+    logits: torch.Tensor  # 1x256x256 low-res logits of the kept mask
+    mask: np.ndarray  # HxW bool
+    done: bool = False
+
+
+def _predict(
+    predictor: SamPredictor,
+    coords: np.ndarray,
+    labels: np.ndarray,
+    mask_input: torch.Tensor | None,
+    multimask: bool,
+    size: tuple[int, int],
+) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    pts = torch.as_tensor(predictor.transform.apply_coords(coords, size), dtype=torch.float, device=predictor.device)
+    lab = torch.as_tensor(labels, dtype=torch.int, device=predictor.device)
+    masks, scores, low = predictor.predict_torch(pts, lab, mask_input=mask_input, multimask_output=multimask)
+    return masks.cpu().numpy(), scores.cpu().numpy(), low.cpu()
+
+
+def simulate_image(
+    predictor: SamPredictor,
+    image: np.ndarray,
+    objects: EvalObjects,
+    first: str = "center",
+    max_clicks: int = 20,
+    rng: np.random.Generator | None = None,
+    chunk: int = 16,
+    keep_masks: int = 0,
+) -> tuple[list[ObjectTrace], list[dict[str, Any]]]:
+    """Simulate clicking on every object of one image.
+
+    Args:
+        image: HxWx3 uint8 RGB.
+        objects: ground-truth masks, ignore map and metadata.
+        first: ``"center"`` or ``"random"`` first click.
+        max_clicks: clicks per object at most (NoC cap); at least 9 clicks are always
+            simulated for the mIoU curve, beyond that only objects still under 90% IoU go on.
+        rng: random generator for random first clicks.
+        chunk: objects decoded together (bounds memory on crowded images).
+        keep_masks: keep the "top" track's clicks and masks after 1 and 3 clicks for this many
+            objects (for the report's example figures).
+    Returns:
+        (traces, examples).
+    """
+    if max_clicks < max(CLICK_COUNTS):
+        raise ValueError(f"max_clicks must be >= {max(CLICK_COUNTS)}, got {max_clicks}")
+    rng = rng if rng is not None else np.random.default_rng(0)
+    predictor.set_image(image)
+    size = (int(image.shape[0]), int(image.shape[1]))
+    ignore = objects.ignore
+    traces: list[ObjectTrace] = []
+    examples: list[dict[str, Any]] = []
+    for start in range(0, len(objects.masks), chunk):
+        gts = objects.masks[start : start + chunk]
+        metas = objects.meta[start : start + chunk]
+        n = len(gts)
+        firsts = [clicks.first_click(g, first, rng, ignore) for g in gts]
+        coords = np.array(firsts, dtype=np.float64)[:, None, :]
+        masks, scores, low = _predict(predictor, coords, np.ones((n, 1)), None, True, size)
+        chunk_traces = [ObjectTrace(meta=m) for m in metas]
+        tracks: dict[str, list[_Track]] = {t: [] for t in TRACKS}
+        for i in range(n):
+            gt_ious = [clicks.iou(masks[i, k], gts[i], ignore) for k in range(masks.shape[1])]
+            pick = {"top": int(np.argmax(scores[i])), "oracle": int(np.argmax(gt_ious))}
+            for t in TRACKS:
+                k = pick[t]
+                tracks[t].append(_Track([firsts[i]], [1], low[i, k : k + 1], masks[i, k]))
+                chunk_traces[i].ious[t].append(gt_ious[k])
+        ex = [
+            {"gt": gts[i], "clicks1": [(*firsts[i], 1)], "mask1": tracks["top"][i].mask, "meta": metas[i]}
+            for i in range(min(n, max(0, keep_masks - len(examples))))
+        ]
+        for step in range(2, max_clicks + 1):
+            for t in TRACKS:
+                active = []
+                for i, tr in enumerate(tracks[t]):
+                    if tr.done:
+                        continue
+                    if step > max(CLICK_COUNTS) and max(chunk_traces[i].ious[t]) >= max(NOC_THRESHOLDS):
+                        tr.done = True
+                        continue
+                    nxt = clicks.next_click(tr.mask, gts[i], ignore)
+                    if nxt is None:  # perfect already: the IoU stays where it is
+                        tr.done = True
+                        continue
+                    tr.points.append((nxt[0], nxt[1]))
+                    tr.labels.append(int(nxt[2]))
+                    active.append(i)
+                if not active:
+                    continue
+                coords = np.array([tracks[t][i].points for i in active], dtype=np.float64)
+                labels = np.array([tracks[t][i].labels for i in active])
+                mask_in = torch.stack([tracks[t][i].logits for i in active]).to(predictor.device)
+                m, _, lo = _predict(predictor, coords, labels, mask_in, False, size)
+                for j, i in enumerate(active):
+                    tr = tracks[t][i]
+                    tr.mask, tr.logits = m[j, 0], lo[j, 0:1]
+                    chunk_traces[i].ious[t].append(clicks.iou(tr.mask, gts[i], ignore))
+            if step == 3:
+                for i, e in enumerate(ex):
+                    tr = tracks["top"][i]
+                    e["clicks3"] = [(x, y, lab) for (x, y), lab in zip(tr.points[:3], tr.labels[:3])]
+                    e["mask3"] = tr.mask
+            if all(tr.done for t in TRACKS for tr in tracks[t]):
+                break
+        traces.extend(chunk_traces)
+        examples.extend(ex)
+    predictor.reset_image()
+    return traces, examples
+
+
+def summarize(traces: Sequence[ObjectTrace], max_clicks: int) -> dict[str, Any]:
+    """mIoU at each click count and mean NoC for both tracks."""
+    out: dict[str, Any] = {"objects": len(traces)}
+    for t in TRACKS:
+        out[t] = {
+            "mIoU": {str(n): float(np.mean([tr.iou_at(t, n) for tr in traces])) for n in CLICK_COUNTS},
+            **{
+                f"NoC@{int(thr * 100)}": float(np.mean([tr.noc(t, thr, max_clicks) for tr in traces]))
+                for thr in NOC_THRESHOLDS
+            },
+        }
+    return out
+
+
+def evaluate_dataset(
+    predictor: SamPredictor,
+    images: Sequence[EvalImage],
+    first: str = "center",
+    max_clicks: int = 20,
+    seed: int = 0,
+    progress: Callable[[int], None] | None = None,
+    keep_examples: int = 2,
+) -> tuple[list[ObjectTrace], list[dict[str, Any]]]:
+    """All objects of all ``images``; the random first click of image i uses seed (seed, i)."""
+    traces: list[ObjectTrace] = []
+    examples: list[dict[str, Any]] = []
+    for idx, im in enumerate(images):
+        objs = im.objects()
+        if objs.masks:
+            pixels = im.image()
+            for m in objs.masks:
+                if m.shape != pixels.shape[:2]:
+                    raise ValueError(f"{im.dataset}/{im.image_id}: mask {m.shape} does not match image {pixels.shape[:2]}")
+            rng = np.random.default_rng([seed, idx])
+            tr, ex = simulate_image(predictor, pixels, objs, first, max_clicks, rng, keep_masks=keep_examples - len(examples))
+            for e in ex:
+                e["image"] = pixels
+            traces.extend(tr)
+            examples.extend(ex)
+        if progress is not None:
+            progress(1)
+    return traces, examples
+
+
+# --------------------------------------------------------------------------- report
+def _plot_curves(results: dict[str, dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    xs = list(CLICK_COUNTS)
+    for i, (name, res) in enumerate(results.items()):
+        color = f"C{i}"
+        ax.plot(xs, [100 * res["top"]["mIoU"][str(n)] for n in xs], "-o", color=color, label=f"{name} (top)")
+        ax.plot(xs, [100 * res["oracle"]["mIoU"][str(n)] for n in xs], "--x", color=color, alpha=0.7, label=f"{name} (oracle)")
+    ax.set_xlabel("number of points")
+    ax.set_ylabel("mIoU (%)")
+    ax.set_xticks(xs)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    report.save_figure(fig, path)
+
+
+def _example_png(ex: dict[str, Any], path: Path) -> None:
+    import cv2
+
+    img = ex["image"]
+    panels = []
+    for key_m, key_c in (("mask1", "clicks1"), ("mask3", "clicks3")):
+        if key_m not in ex:
+            continue
+        p = report.overlay(img, ex[key_m])
+        gt_contours, _ = cv2.findContours(ex["gt"].astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(p, gt_contours, -1, (255, 215, 0), 1)
+        r = max(3, int(round(max(img.shape[:2]) / 120)))
+        for x, y, lab in ex[key_c]:
+            cv2.circle(p, (int(x), int(y)), r, (0, 200, 0) if lab else (220, 0, 0), -1)
+            cv2.circle(p, (int(x), int(y)), r, (255, 255, 255), 1)
+        panels.append(p)
+    report.save_image(path, np.concatenate(panels, axis=1))
+
+
+def run(
+    predictor: SamPredictor,
+    datasets: dict[str, Sequence[EvalImage]],
+    out_dir: Path,
+    model_info: dict[str, Any],
+    command: str,
+    first: str = "center",
+    max_clicks: int = 20,
+    seed: int = 0,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate every data set and write ``report.json``, ``report.md``, ``miou_vs_points.png`` and examples."""
+    out_dir = Path(out_dir)
+    t0 = time.time()
+    per_dataset: dict[str, dict[str, Any]] = {}
+    all_traces: dict[str, list[ObjectTrace]] = {}
+    total = sum(len(v) for v in datasets.values())
+    with tqdm(total=total, desc="eval points", unit="img", disable=not show_progress) as bar:
+        for name, images in datasets.items():
+            bar.set_postfix_str(name)
+            traces, examples = evaluate_dataset(predictor, images, first, max_clicks, seed, bar.update)
+            if not traces:
+                raise ValueError(f"data set {name} has no objects to evaluate")
+            all_traces[name] = traces
+            per_dataset[name] = {"images": len(images), **summarize(traces, max_clicks)}
+            for k, ex in enumerate(examples):
+                _example_png(ex, out_dir / f"example_{name}_{k}.png")
+    mean = {
+        t: {
+            "mIoU": {str(n): float(np.mean([r[t]["mIoU"][str(n)] for r in per_dataset.values()])) for n in CLICK_COUNTS},
+            **{
+                f"NoC@{int(thr * 100)}": float(np.mean([r[t][f"NoC@{int(thr * 100)}"] for r in per_dataset.values()]))
+                for thr in NOC_THRESHOLDS
+            },
+        }
+        for t in TRACKS
+    }
+    seconds = time.time() - t0
+    result = {
+        "experiment": "points",
+        "model": model_info,
+        "settings": {"first_click": first, "max_clicks": max_clicks, "seed": seed, "click_counts": list(CLICK_COUNTS)},
+        "datasets": per_dataset,
+        "mean": mean,
+        "seconds": seconds,
+        "per_object": {
+            name: [{"meta": tr.meta, "iou_top": tr.ious["top"], "iou_oracle": tr.ious["oracle"]} for tr in traces]
+            for name, traces in all_traces.items()
+        },
+    }
+    _plot_curves(per_dataset, out_dir / "miou_vs_points.png", f"point-to-mask, {first} first click")
+    md = report.header_markdown("Zero-shot point-to-mask evaluation (paper 7.1 / D.1)", model_info, command, seconds)
+    md += f"First click: **{first}**; later clicks at the deepest error; NoC capped at {max_clicks} clicks.\n\n"
+    header = ["data set", "images", "objects"] + [f"mIoU@{n}" for n in CLICK_COUNTS] + ["oracle@1", "oracle@3", "NoC@85", "NoC@90"]
+    rows = []
+    for name, r in {**per_dataset, "mean": {"images": "", "objects": "", **mean}}.items():
+        rows.append(
+            [name, r["images"], r["objects"]]
+            + [100 * r["top"]["mIoU"][str(n)] for n in CLICK_COUNTS]
+            + [100 * r["oracle"]["mIoU"]["1"], 100 * r["oracle"]["mIoU"]["3"], r["top"]["NoC@85"], r["top"]["NoC@90"]]
+        )
+    md += report.markdown_table(header, rows, digits=1)
+    md += "\nmIoU in %, \"top\" = the model's most confident of 3 masks at the first click; \"oracle\" = the best of 3.\n\n"
+    md += "![mIoU vs points](miou_vs_points.png)\n\n"
+    for name in per_dataset:
+        for k in range(2):
+            if (out_dir / f"example_{name}_{k}.png").exists():
+                md += f"![{name} example {k}](example_{name}_{k}.png)\n"
+    md += "\nExamples: prediction after 1 click (left) and 3 clicks (right); yellow = ground truth, green/red = fg/bg clicks.\n"
+    report.write_json(out_dir / "report.json", result)
+    report.write_text(out_dir / "report.md", md)
+    return result

@@ -1,0 +1,141 @@
+"""Report writing: ``report.json`` (machine-readable), ``report.md`` (for people) and PNG figures.
+
+Every file is written to a temporary name in the output folder and renamed into place, so a
+crashed or interrupted run never leaves a half-written report that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating | float):
+        f = float(obj)
+        return None if math.isnan(f) or math.isinf(f) else f
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """JSON with numpy values converted and NaN written as null."""
+    _atomic_write(Path(path), (json.dumps(_jsonable(obj), indent=2) + "\n").encode())
+
+
+def write_text(path: Path, text: str) -> None:
+    _atomic_write(Path(path), text.encode())
+
+
+def save_figure(fig: Any, path: Path, dpi: int = 110) -> None:
+    """Save a matplotlib figure atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_image(path: Path, rgb: np.ndarray) -> None:
+    """Save an HxWx3 uint8 RGB (or HxW) image as PNG, atomically."""
+    import cv2
+
+    arr = np.asarray(rgb)
+    if arr.ndim == 3:
+        arr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".png", arr)
+    if not ok:
+        raise RuntimeError(f"cannot encode {path} as PNG")
+    _atomic_write(Path(path), buf.tobytes())
+
+
+def fmt(x: Any, digits: int = 3) -> str:
+    """Table cell: numbers to ``digits`` decimals, missing as '-'."""
+    if x is None:
+        return "-"
+    if isinstance(x, float | np.floating):
+        return "-" if math.isnan(float(x)) else f"{float(x):.{digits}f}"
+    return str(x)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], digits: int = 3) -> str:
+    """A GitHub-flavoured markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(fmt(c, digits) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def model_description(model: Any, checkpoint: str | None) -> dict[str, Any]:
+    """What was evaluated, for the report header (and a loud flag for an untrained model)."""
+    trained = bool(getattr(model, "is_trained", True))
+    cfg = getattr(model, "config", None)
+    return {
+        "checkpoint": checkpoint or "default (segany_default)",
+        "model_type": (
+            f"ViT {cfg.encoder_embed_dim}-d x {cfg.encoder_depth}, {cfg.img_size} px input"
+            if cfg is not None and hasattr(cfg, "encoder_depth")
+            else type(model.image_encoder).__name__
+        ),
+        "trained": trained,
+        "parameters": int(sum(p.numel() for p in model.parameters())),
+    }
+
+
+def header_markdown(title: str, model_info: dict[str, Any], command: str, seconds: float) -> str:
+    """Common report header: what was run, on which model, how long it took."""
+    lines = [f"# {title}", "", f"- command: `{command}`", f"- model: {model_info['checkpoint']} "
+             f"({model_info['model_type']}, {model_info['parameters'] / 1e6:.1f} M parameters)",
+             f"- wall time: {seconds:.0f} s"]
+    if not model_info["trained"]:
+        lines.append("- **warning: randomly initialised model (no trained weights); the numbers are meaningless**")
+    return "\n".join(lines) + "\n\n"
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] = (30, 144, 255), alpha: float = 0.5) -> np.ndarray:
+    """``image`` with ``mask`` tinted in ``color`` and its outline drawn (HxWx3 uint8)."""
+    import cv2
+
+    out = image.astype(np.float32).copy()
+    m = np.asarray(mask, dtype=bool)
+    out[m] = out[m] * (1 - alpha) + np.array(color, np.float32) * alpha
+    out = out.astype(np.uint8)
+    contours, _ = cv2.findContours(m.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(out, contours, -1, tuple(int(c) for c in color), 1)
+    return out
