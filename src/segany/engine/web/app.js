@@ -26,7 +26,7 @@
     model: null, session: null, images: [], index: 0,
     H: 0, W: 0, inH: 0, inW: 0, embedding: null, bitmap: null,
     accepted: [], selected: null, mode: "point", brush: 8,
-    cur: null, undo: [], redo: [], latencies: [], decodes: 0, imageShownAt: 0,
+    cur: null, undo: [], redo: [], latencies: [], clickLatencies: [], decodes: 0,
   };
   window.segany = S; // for tests and benchmarks
 
@@ -226,7 +226,7 @@
     if (!S.session || !S.embedding) return;
     e.preventDefault();
     const p = toImage(e);
-    drag = { start: p, button: e.button, moved: false };
+    drag = { start: p, button: e.button, moved: false, t0: performance.now() };
     if (S.mode !== "point") { pushUndo(); paint(p); render(); }
   }
 
@@ -252,6 +252,7 @@
     if (d.moved) c.box = boxFrom(d.start, p);
     else c.points.push({ x: d.start.x, y: d.start.y, label: d.button === 2 ? 0 : 1 });
     await decode();
+    S.clickLatencies.push(performance.now() - d.t0); // press -> mask drawn
   }
 
   // ------------------------------------------------------------------ accept / delete / edit
