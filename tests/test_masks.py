@@ -135,3 +135,17 @@ def test_same_as_reference_helpers():
         assert coco_encode_rle(rle) == amg.coco_encode_rle(rle)
         np.testing.assert_array_equal(rle_to_mask(rle), amg.rle_to_mask(rle))
         assert area_from_rle(rle) == amg.area_from_rle(rle)
+
+
+@pytest.mark.parametrize("window", [(0, 0, 7, 9), (3, 2, 5, 4), (0, 0, 12, 4), (2, 0, 6, 9), (0, 5, 12, 4)])
+def test_rle_of_a_window_equals_rle_of_the_padded_mask(window):
+    """RLEs made in the image frame from crop-frame masks equal those of the padded masks."""
+    x0, y0, w, h = window
+    img_h, img_w = 9, 12
+    masks = _random_masks(12, h, w, seed=x0 + 7 * y0)
+    padded = np.zeros((len(masks), img_h, img_w), dtype=bool)
+    padded[:, y0 : y0 + h, x0 : x0 + w] = masks
+    got = mask_to_rle(torch.from_numpy(masks), frame=(img_h, img_w), offset=(x0, y0))
+    assert got == mask_to_rle(torch.from_numpy(padded))
+    with pytest.raises(ValueError, match="does not fit"):
+        mask_to_rle(masks, frame=(img_h, img_w), offset=(img_w - w + 1, 0))

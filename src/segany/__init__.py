@@ -4,6 +4,7 @@ Drop-in names from the official package: ``sam_model_registry``, ``SamPredictor`
 ``SamAutomaticMaskGenerator`` (when installed parts exist), plus segany's own additions.
 """
 
+from .default_model import load_default_model
 from .modeling import Sam
 from .modeling.registry import (
     CheckpointError,
@@ -16,13 +17,14 @@ from .modeling.registry import (
     save_checkpoint,
 )
 from .predictor import SamPredictor
-from .default_model import load_default_model
+from .automatic import SamAutomaticMaskGenerator
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError",
     "Sam",
+    "SamAutomaticMaskGenerator",
     "SamPredictor",
     "build_model",
     "build_sam",

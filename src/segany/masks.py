@@ -27,33 +27,54 @@ RLE = dict[str, Any]
 # ---------------------------------------------------------------------- uncompressed RLE
 
 
-def mask_to_rle(masks: torch.Tensor | np.ndarray) -> list[RLE]:
+def mask_to_rle(
+    masks: torch.Tensor | np.ndarray,
+    frame: tuple[int, int] | None = None,
+    offset: tuple[int, int] = (0, 0),
+) -> list[RLE]:
     """BxHxW bool masks -> B uncompressed RLEs (column-major runs, zeros first).
 
-    Vectorised: the run boundaries of every mask come from one ``nonzero`` over the batch,
-    so the cost is one pass over the pixels plus one Python step per mask.
+    With ``frame=(H_img, W_img)`` and ``offset=(x0, y0)`` the masks are a window of a larger
+    image and the RLEs describe the whole image (zeros outside the window), as if each mask
+    had been padded to the image first -- without allocating the padded masks.
+
+    Vectorised: every column is framed by one zero above and below, so the run boundaries of
+    the whole batch come from one ``nonzero``; a boundary at offset ``q`` of the framed column
+    ``j`` is image position ``(x0 + j) * H_img + y0 + q``. Boundaries that coincide (a run
+    leaving the bottom of one column and re-entering the top of the next, when the window
+    spans the full height) cancel in pairs.
     """
     t = torch.as_tensor(masks)
     if t.ndim != 3:
         raise ValueError(f"masks must be BxHxW, got shape {tuple(t.shape)}")
     b, h, w = t.shape
+    img_h, img_w = (h, w) if frame is None else (int(frame[0]), int(frame[1]))
+    x0, y0 = int(offset[0]), int(offset[1])
+    if x0 < 0 or y0 < 0 or x0 + w > img_w or y0 + h > img_h:
+        raise ValueError(f"a {w}x{h} window at ({x0}, {y0}) does not fit in a {img_w}x{img_h} image")
     if b == 0:
         return []
-    n = h * w
-    flat = t.to(torch.bool).transpose(1, 2).reshape(b, n)
-    if n == 0:
-        return [{"size": [h, w], "counts": [0]} for _ in range(b)]
-    mask_idx, pos = (flat[:, 1:] != flat[:, :-1]).nonzero(as_tuple=True)
-    first = flat[:, 0].cpu().numpy()
-    pos = (pos + 1).cpu().numpy()
+    n = img_h * img_w
+    framed = torch.zeros(b, w, h + 2, dtype=torch.bool, device=t.device)
+    framed[:, :, 1:-1] = t.to(torch.bool).transpose(1, 2)
+    flat = framed.reshape(b, w * (h + 2))
+    mask_idx, q = (flat[:, 1:] != flat[:, :-1]).nonzero(as_tuple=True)
+    q = q.cpu().numpy()
+    bounds_all = (x0 + q // (h + 2)) * img_h + y0 + q % (h + 2)
     splits = np.searchsorted(mask_idx.cpu().numpy(), np.arange(1, b))
     out = []
-    for i, p in enumerate(np.split(pos, splits)):
-        bounds = np.concatenate(([0], p, [n]))
-        counts = np.diff(bounds).tolist()
-        if first[i]:
-            counts.insert(0, 0)
-        out.append({"size": [h, w], "counts": counts})
+    for bounds in np.split(bounds_all, splits):
+        if bounds.size > 1:
+            dup = bounds[1:] == bounds[:-1]
+            if dup.any():
+                drop = np.zeros(bounds.size, dtype=bool)
+                drop[:-1] |= dup
+                drop[1:] |= dup
+                bounds = bounds[~drop]
+        if bounds.size and bounds[-1] == n:
+            bounds = bounds[:-1]  # a run ending at the last pixel: no empty run after it
+        counts = np.diff(np.concatenate(([0], bounds, [n]))).tolist()
+        out.append({"size": [img_h, img_w], "counts": counts})
     return out
 
 
