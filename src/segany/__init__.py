@@ -4,6 +4,7 @@ Drop-in names from the official package: ``sam_model_registry``, ``SamPredictor`
 ``SamAutomaticMaskGenerator`` (when installed parts exist), plus segany's own additions.
 """
 
+from .automatic import SamAutomaticMaskGenerator
 from .default_model import load_default_model
 from .modeling import Sam
 from .modeling.registry import (
@@ -17,7 +18,6 @@ from .modeling.registry import (
     save_checkpoint,
 )
 from .predictor import SamPredictor
-from .automatic import SamAutomaticMaskGenerator
 
 __version__ = "0.1.0"
 
