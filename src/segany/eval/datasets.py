@@ -160,7 +160,15 @@ def coco_folder(image_dir: Path, annotation_file: Path, name: str = "coco") -> l
                 )
             return EvalObjects(masks, ignore if ignore.any() else None, meta)
 
-        out.append(EvalImage(name, str(img_id), image_dir / info["file_name"], load, {"coco_id": img_id}))
+        out.append(
+            EvalImage(
+                name,
+                str(img_id),
+                image_dir / info["file_name"],
+                load,
+                {"coco_id": img_id, "annotation_file": str(annotation_file)},
+            )
+        )
     return out
 
 

@@ -90,8 +90,8 @@ def simulate_image(
         image: HxWx3 uint8 RGB.
         objects: ground-truth masks, ignore map and metadata.
         first: ``"center"`` or ``"random"`` first click.
-        max_clicks: clicks per object at most (NoC cap); at least 9 clicks are always
-            simulated for the mIoU curve, beyond that only objects still under 90% IoU go on.
+        max_clicks: clicks per object at most (NoC cap); up to 9 clicks every object is
+            simulated (the mIoU curve), beyond that only objects still under 90% IoU go on.
         rng: random generator for random first clicks.
         chunk: objects decoded together (bounds memory on crowded images).
         keep_masks: keep the "top" track's clicks and masks after 1 and 3 clicks for this many
@@ -99,8 +99,8 @@ def simulate_image(
     Returns:
         (traces, examples).
     """
-    if max_clicks < max(CLICK_COUNTS):
-        raise ValueError(f"max_clicks must be >= {max(CLICK_COUNTS)}, got {max_clicks}")
+    if max_clicks < 1:
+        raise ValueError(f"max_clicks must be >= 1, got {max_clicks}")
     rng = rng if rng is not None else np.random.default_rng(0)
     predictor.set_image(image)
     size = (int(image.shape[0]), int(image.shape[1]))
@@ -263,6 +263,8 @@ def run(
     show_progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate every data set and write ``report.json``, ``report.md``, ``miou_vs_points.png`` and examples."""
+    if max_clicks < max(CLICK_COUNTS):
+        raise ValueError(f"--max-clicks must be >= {max(CLICK_COUNTS)} (mIoU is reported up to 9 clicks), got {max_clicks}")
     out_dir = Path(out_dir)
     t0 = time.time()
     per_dataset: dict[str, dict[str, Any]] = {}
