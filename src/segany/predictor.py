@@ -24,6 +24,7 @@ import torch
 from .embeddings import load_embedding_file, save_embedding_file
 from .image_io import to_rgb_uint8
 from .modeling import Sam
+from .modeling.fast_decoder import build_image_cache
 from .transforms import ResizeLongestSide
 
 LOW_RES = 256  # side of the decoder's low-resolution logits and of mask_input
@@ -209,7 +210,7 @@ class SamPredictor:
             # there is no dense prompt: compute them once per image.
             if state.decoder_cache is None:
                 src = state.features + dense[:1]
-                state.decoder_cache = self.model.mask_decoder.transformer.image_projections(src, image_pe)
+                state.decoder_cache = build_image_cache(self.model.mask_decoder, src, image_pe)
             cache = state.decoder_cache
         low_res, iou = self.model.mask_decoder(
             image_embeddings=state.features,

@@ -64,12 +64,18 @@ class MaskDecoder(nn.Module):
             sparse_prompt_embeddings: BxNxC.
             dense_prompt_embeddings: BxCxHxW (or 1xCxHxW).
             multimask_output: return masks 1..3 instead of mask 0.
-            image_cache: first-layer image projections (:meth:`TwoWayTransformer.image_projections`)
-                valid for this image embedding *plus* this dense prompt.
+            image_cache: prompt-independent tensors for this image embedding *plus* this dense
+                prompt: first-layer projections (:meth:`TwoWayTransformer.image_projections`),
+                or the full cache of :func:`fast_decoder.build_image_cache`, which selects the
+                exact re-associated inference path when autograd is off.
         Returns:
             low-res mask logits BxMx(4H)x(4W) and IoU predictions BxM, M = 3 or 1.
         """
         mask_slice = slice(1, None) if multimask_output else slice(0, 1)
+        if image_cache is not None and "keys" in image_cache and not torch.is_grad_enabled():
+            from .fast_decoder import decode_cached
+
+            return decode_cached(self, image_cache, sparse_prompt_embeddings, mask_slice)
         return self.predict_masks(
             image_embeddings,
             image_pe,

@@ -1,0 +1,116 @@
+"""segany vs the official segment-anything SamPredictor, same weights, same image, one run.
+
+Prints set_image seconds (full ViT-B) and predict milliseconds (one point multimask; one
+box single-mask) as medians, and the ratios. Also checks the outputs agree.
+
+    python benchmarks/bench_predictor.py                 # real photo from ../shared/data
+    python benchmarks/bench_predictor.py --size 1200x1800 --repeats 50
+
+The official package is the reference oracle only; it is imported from the test tree with
+the torchvision stand-in. Both use the same torch thread count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from reference import random_state_dict, reference_sam  # noqa: E402
+
+from segany import SamPredictor, build_model  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data"
+
+
+def load_photo(size: str | None) -> tuple[np.ndarray, str]:
+    files = sorted((DATA / "coco_tiny" / "train2017").glob("*.jpg"))
+    if files:
+        path = files[0]
+        im = Image.open(path).convert("RGB")
+        name = path.name
+    else:
+        yy, xx = np.mgrid[0:480, 0:640]
+        im = Image.fromarray(np.stack([xx % 256, yy % 256, (xx + yy) % 256], -1).astype(np.uint8))
+        name = "synthetic"
+    if size:
+        h, w = (int(v) for v in size.lower().split("x"))
+        im = im.resize((w, h), Image.BILINEAR)
+        name += f" resized to {h}x{w}"
+    return np.asarray(im), name
+
+
+def timed(fn, repeats: int, warmup: int = 2) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", default=None, help="resize the photo to HxW, e.g. 1200x1800")
+    ap.add_argument("--repeats", type=int, default=30, help="predict calls per case (median reported)")
+    ap.add_argument("--set-image-repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    image, name = load_photo(args.size)
+    h, w = image.shape[:2]
+    ref_model, ref_pkg = reference_sam(depth=12, global_attn=(2, 5, 8, 11))
+    state = random_state_dict(ref_model, seed=0)
+    ref_model.load_state_dict(state)
+    ours_model = build_model("vit_b")
+    ours_model.load_state_dict(state)
+    ref = ref_pkg.SamPredictor(ref_model)
+    ours = SamPredictor(ours_model)
+
+    print(f"image: {name} ({h}x{w}); model: ViT-B (random weights, identical in both); threads: {args.threads}")
+    rows = []
+    # interleave the two implementations so background load hits both alike
+    t_ref, t_ours = [], []
+    for _ in range(args.set_image_repeats):
+        t_ref += timed(lambda: ref.set_image(image), 1, warmup=0)
+        t_ours += timed(lambda: ours.set_image(image), 1, warmup=0)
+    rows.append(("set_image (s)", statistics.median(t_ref), statistics.median(t_ours), 1.0))
+    emb_diff = float((ref.features - ours.features).abs().max())
+
+    cases = {
+        "predict 1 point, multimask (ms)": dict(point_coords=np.array([[w * 0.5, h * 0.5]]), point_labels=np.array([1])),
+        "predict box, single mask (ms)": dict(box=np.array([w * 0.2, h * 0.2, w * 0.8, h * 0.9]), multimask_output=False),
+    }
+    max_diff = {}
+    for label, kw in cases.items():
+        r_all, o_all = [], []
+        for _ in range(max(1, args.repeats // 10)):
+            r_all += timed(lambda: ref.predict(**kw), 10)
+            o_all += timed(lambda: ours.predict(**kw), 10)
+        rows.append((label, statistics.median(r_all), statistics.median(o_all), 1000.0))
+        r = ref.predict(**kw, return_logits=True)
+        o = ours.predict(**kw, return_logits=True)
+        max_diff[label] = max(float(np.abs(a - b).max()) for a, b in zip(r, o))
+
+    print(f"{'':34s} {'reference':>10s} {'segany':>10s} {'speed-up':>9s}")
+    for label, r, o, scale in rows:
+        print(f"{label:34s} {r * scale:10.3f} {o * scale:10.3f} {r / o:8.2f}x")
+    print(f"max |diff| image embedding: {emb_diff:.2e}")
+    for label, d in max_diff.items():
+        print(f"max |diff| {label.split(' (')[0]} (logits, scores, low-res): {d:.2e}")
+
+
+if __name__ == "__main__":
+    main()
