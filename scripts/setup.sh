@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create .venv (if missing) and install segany into it.
 #   bash scripts/setup.sh          # runtime only
-#   bash scripts/setup.sh --test   # plus the test/benchmark extras (the official package as oracle)
+#   bash scripts/setup.sh --test   # plus the test/benchmark extras (the official package as oracle,
+#                                  # Chromium + onnxruntime-web + PostgreSQL via .ci/setup-extra.sh)
 # torch is pinned to the local CPU build first: an unpinned resolve would pull a multi-GB CUDA build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,4 +15,8 @@ fi
 extras=""
 if [ "${1:-}" = "--test" ]; then extras="[test]"; fi
 .venv/bin/python -m pip install -q -e ".${extras}" 2>&1 | grep -v '^WARNING: Location' || true
+if [ "${1:-}" = "--test" ]; then
+  # browser (Chromium, onnxruntime-web) and PostgreSQL pieces of the data-engine tests
+  bash .ci/setup-extra.sh
+fi
 .venv/bin/python -c "import segany, torch; print('segany', segany.__version__, 'torch', torch.__version__)"
