@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from reference import import_reference
 
+from reference import import_reference
 from segany.automatic import PRESETS, SamAutomaticMaskGenerator, preset
 from segany.automatic.filters import (
     clean_mask,
