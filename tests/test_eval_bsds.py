@@ -120,7 +120,11 @@ def test_bench_demo_reference_outputs(test_dir: str, inputs: str):
     res = bsds.summarize(images)
     ref = _official(BENCH / test_dir / "eval_bdry.txt")[0]
     ours = [res.ods_threshold, res.ods_recall, res.ods_precision, res.ods, res.ois_recall, res.ois_precision, res.ois, res.ap]
-    np.testing.assert_allclose(ours, ref, atol=5e-4, rtol=0)
+    # the headline scores (ODS, OIS, AP) agree to 3 decimals
+    np.testing.assert_allclose([ours[3], ours[6], ours[7]], [ref[3], ref[6], ref[7]], atol=5e-4, rtol=0)
+    # their precision/recall components move by up to ~6e-4 between the official tool's own runs on
+    # identical boundaries (OIS precision reads .90859/.90878/.90821/.90840 in test_1..4)
+    np.testing.assert_allclose(ours, ref, atol=1e-3, rtol=0)
     thr = _official(BENCH / test_dir / "eval_bdry_thr.txt")
     # per-threshold and per-image values: the official solver's randomised outlier edges move these by
     # up to ~1e-3 between its own runs (test_1..4 are the same boundaries; e.g. the precision at the 3rd

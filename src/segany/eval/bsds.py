@@ -169,17 +169,22 @@ def correspond_pixels(
     used2, col = np.unique(col, return_inverse=True)
     m1, m2 = used1.size, used2.size
     outlier = int(np.ceil(_OUTLIER_COST * radius * _COST_SCALE))
-    # A private outlier column per row: a full matching always exists, and leaving a pixel
-    # unmatched costs as much as the official solver charges. +1 keeps zero distances as edges
+    # Rows are the smaller side (the solver's work grows with the rows); each row gets a private
+    # "outlier" column at the official outlier cost, so a full matching always exists and leaving
+    # a pixel unmatched costs what the official solver charges. +1 keeps zero distances as edges
     # (it adds the same constant to every full matching, so the optimum is unchanged).
-    all_rows = np.concatenate([row, np.arange(m1)])
-    all_cols = np.concatenate([col, m2 + np.arange(m1)])
-    all_cost = np.concatenate([cost, np.full(m1, outlier, dtype=np.int64)]) + 1
-    graph = csr_matrix((all_cost.astype(np.float64), (all_rows, all_cols)), shape=(m1, m2 + m1))
+    swap = m2 < m1
+    r_side, c_side, n_r, n_c = (col, row, m2, m1) if swap else (row, col, m1, m2)
+    all_rows = np.concatenate([r_side, np.arange(n_r)])
+    all_cols = np.concatenate([c_side, n_c + np.arange(n_r)])
+    all_cost = np.concatenate([cost, np.full(n_r, outlier, dtype=np.int64)]) + 1
+    graph = csr_matrix((all_cost.astype(np.float64), (all_rows, all_cols)), shape=(n_r, n_c + n_r))
     r_ind, c_ind = min_weight_full_bipartite_matching(graph)
-    real = c_ind < m2
-    p1 = used1[r_ind[real]]
-    p2 = used2[c_ind[real]]
+    real = c_ind < n_c
+    if swap:
+        p1, p2 = used1[c_ind[real]], used2[r_ind[real]]
+    else:
+        p1, p2 = used1[r_ind[real]], used2[c_ind[real]]
     match1[ys1[p1], xs1[p1]] = True
     match2[ys2[p2], xs2[p2]] = True
     return match1, match2
