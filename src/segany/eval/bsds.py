@@ -250,10 +250,14 @@ def evaluate_edge_map(
     gts = _check_gts(gts, pb.shape)
     thresholds = default_thresholds(nthresh)
     counts = np.zeros((4, nthresh), dtype=np.int64)
+    previous: np.ndarray | None = None
     for t, thr in enumerate(thresholds):
-        bmap = pb >= thr
-        if thin_maps:
-            bmap = thin(bmap)
+        raw = pb >= thr
+        if previous is not None and np.array_equal(raw, previous):
+            counts[:, t] = counts[:, t - 1]  # same map as the last threshold (quantised inputs): same counts
+            continue
+        previous = raw
+        bmap = thin(raw) if thin_maps else raw
         counts[:, t] = _count(bmap, gts, max_dist)
     return ImageCounts(thresholds, *counts)
 
