@@ -1,0 +1,1 @@
+"""Training as in the paper's appendix A: prompt simulation, losses, optimiser and trainer."""

@@ -1,0 +1,396 @@
+"""The trainer: config, training step, checkpoints, resume, logging, DDP.
+
+One *step* takes ``images_per_step`` images (per process), samples up to ``max_masks``
+masks from each, runs the image encoder once per image and the 11-iteration prompt
+episode (:mod:`.prompts`) for every mask, and backpropagates the loss averaged over
+iterations (:mod:`.losses`) into the whole model.
+
+Reproducibility: every random choice of step ``n`` comes from generators seeded with
+``(seed, n, rank)``, so a run resumed from a checkpoint produces exactly the loss sequence
+of an uninterrupted one. Checkpoints (model, optimiser, scheduler, step, RNG states) are
+written to a temporary file and renamed; each also exports ``model.safetensors`` with the
+model config embedded, the file ``segany predict --checkpoint`` and the default-model
+loader read.
+
+DDP: run under ``torchrun --nproc-per-node N``; each process takes its own images, the
+gradients are averaged, rank 0 writes checkpoints and logs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from ..data.dataset import SA1BDataset, TrainSample
+from ..modeling.registry import build_model, save_checkpoint
+from ..modeling.sam import Sam
+from .losses import LossConfig, downsample_targets, mask_iou, sam_loss
+from .optim import OptimConfig, build_optimizer
+from .prompts import PromptConfig, simulate_episode
+
+
+class ConfigError(ValueError):
+    """A training config is malformed."""
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    type: str = "segany_tiny"
+    checkpoint: str | None = None  # official .pth / segany .safetensors to start from
+    overrides: dict[str, Any] = field(default_factory=dict)  # SamConfig fields, e.g. drop_path_rate
+    freeze_image_encoder: bool = False
+    freeze_prompt_encoder: bool = False
+    grad_checkpointing: bool = False
+    init_seed: int = 0
+
+
+@dataclass(frozen=True)
+class DataSection:
+    roots: list[Any] = field(default_factory=list)  # folders or {path, repeat}
+    max_masks: int = 64
+    max_area_frac: float = 0.9
+    jitter: tuple[float, float] | None = None
+
+
+@dataclass(frozen=True)
+class TrainSection:
+    out_dir: str = "runs/train"
+    steps: int = 1000
+    images_per_step: int = 1
+    seed: int = 0
+    bf16: bool = False
+    device: str = "auto"
+    threads: int | None = None
+    checkpoint_every_s: float = 300.0
+    checkpoint_every_steps: int | None = None
+    max_minutes: float | None = None  # stop (with a checkpoint) after this much wall time
+    export: str | None = None  # also copy the weights here at every checkpoint
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    prompts: PromptConfig = field(default_factory=PromptConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainSection = field(default_factory=TrainSection)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        sections = {f.name: f.type for f in fields(cls)}
+        unknown = set(d) - set(sections)
+        if unknown:
+            raise ConfigError(f"unknown config sections {sorted(unknown)}; expected {sorted(sections)}")
+        kwargs = {}
+        for f in fields(cls):
+            section_cls = type(getattr(cls(), f.name))
+            raw = d.get(f.name) or {}
+            if not isinstance(raw, dict):
+                raise ConfigError(f"config section {f.name!r} must be a mapping")
+            known = {g.name for g in fields(section_cls)}
+            bad = set(raw) - known
+            if bad:
+                raise ConfigError(f"unknown keys {sorted(bad)} in section {f.name!r}; known: {sorted(known)}")
+            vals = dict(raw)
+            for key in ("betas", "decay_steps", "jitter"):
+                if key in vals and vals[key] is not None:
+                    vals[key] = tuple(vals[key])
+            kwargs[f.name] = section_cls(**vals)
+        return cls(**kwargs)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> TrainConfig:
+        import yaml
+
+        try:
+            d = yaml.safe_load(Path(path).read_text()) or {}
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config {path} is not valid YAML: {exc}") from None
+        if not isinstance(d, dict):
+            raise ConfigError(f"config {path} must be a YAML mapping of sections")
+        return cls.from_dict(d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self)))
+
+
+# ----------------------------------------------------------------------------- the step
+
+
+def _step_seed(seed: int, step: int, rank: int) -> int:
+    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
+
+
+class SamTrainStep(nn.Module):
+    """Wraps a Sam so one ``forward`` is a whole training step (what DDP needs)."""
+
+    def __init__(self, sam: Sam, prompts: PromptConfig, loss: LossConfig) -> None:
+        super().__init__()
+        self.sam = sam
+        self.prompts = prompts
+        self.loss_config = loss
+
+    def forward(self, samples: list[TrainSample], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        sam = self.sam
+        device = sam.device
+        images = torch.stack([sam.preprocess(s.image.to(device)) for s in samples])
+        embeddings = sam.image_encoder(images)
+        gt = torch.cat([s.masks for s in samples]).to(device)
+        index = torch.cat([torch.full((len(s.masks),), k, dtype=torch.long) for k, s in enumerate(samples)]).to(device)
+        sizes = torch.cat([torch.tensor([s.size] * len(s.masks), dtype=torch.long) for s in samples]).to(device)
+        outputs = simulate_episode(sam, embeddings, index, gt, sizes, generator, self.prompts)
+        low_side = outputs[0].low_res.shape[-1]
+        target = downsample_targets(gt, low_side)
+        parts = [sam_loss(o.low_res, o.iou_pred, target, self.loss_config) for o in outputs]
+        loss = torch.stack([p["loss"] for p in parts]).mean()
+        with torch.no_grad():
+            first, last = outputs[0], outputs[-1]
+            best = first.iou_pred.argmax(dim=1)
+            rows = torch.arange(len(best), device=best.device)
+            iou_first_selected = mask_iou(first.low_res[rows, best].float(), target).mean()
+        return {
+            "loss": loss,
+            "focal": torch.stack([p["focal"] for p in parts]).mean(),
+            "dice": torch.stack([p["dice"] for p in parts]).mean(),
+            "iou_mse": torch.stack([p["iou_mse"] for p in parts]).mean(),
+            "iou_first": parts[0]["iou"].detach(),  # best of the 3 outputs (the trained one)
+            "iou_first_selected": iou_first_selected,  # the output the IoU head would pick
+            "iou_last": mask_iou(last.low_res[:, 0].float(), target).mean(),
+            "masks": torch.tensor(float(len(gt))),
+        }
+
+
+# ----------------------------------------------------------------------------- trainer
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            local = int(os.environ.get("LOCAL_RANK", 0))
+            return torch.device("cuda", local)
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def build_sam_for_training(section: ModelSection) -> Sam:
+    """The model to train: a fresh one (seeded init) or an official/segany checkpoint."""
+    with torch.random.fork_rng():
+        torch.manual_seed(section.init_seed)
+        sam = build_model(section.type, section.checkpoint, **section.overrides)
+    sam.train()
+    sam.image_encoder.grad_checkpointing = bool(section.grad_checkpointing)
+    if section.freeze_image_encoder:
+        sam.image_encoder.requires_grad_(False)
+    if section.freeze_prompt_encoder:
+        sam.prompt_encoder.requires_grad_(False)
+    return sam
+
+
+class Trainer:
+    """Trains a Sam per a :class:`TrainConfig`; ``run()`` returns the last metrics."""
+
+    def __init__(self, config: TrainConfig, resume: bool = False, show_progress: bool = True) -> None:
+        self.config = config
+        self.resume = resume
+        self.show_progress = show_progress
+        tcfg = config.train
+        if tcfg.threads:
+            torch.set_num_threads(int(tcfg.threads))
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        self.rank, self.world = _rank_world()
+        self.device = _device(tcfg.device)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        self.out_dir = Path(tcfg.out_dir)
+        self.ckpt_path = self.out_dir / "checkpoint.pt"
+        self.metrics_path = self.out_dir / "metrics.jsonl"
+        self.sam = build_sam_for_training(config.model).to(self.device)
+        roots = [(r["path"], int(r.get("repeat", 1))) if isinstance(r, dict) else r for r in config.data.roots]
+        if not roots:
+            raise ConfigError("data.roots is empty: give at least one SA-1B folder")
+        self.dataset = SA1BDataset(
+            roots,
+            img_size=self.sam.img_size,
+            max_masks=config.data.max_masks,
+            max_area_frac=config.data.max_area_frac,
+            jitter=config.data.jitter,
+            seed=tcfg.seed,
+        )
+        self.step_module: nn.Module = SamTrainStep(self.sam, config.prompts, config.loss)
+        if self.world > 1:
+            self.step_module = nn.parallel.DistributedDataParallel(
+                self.step_module,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True,
+            )
+        self.optimizer, self.scheduler = build_optimizer(self.sam, config.optim)
+        self.step = 0
+        self._stop = False
+
+    # ---------------------------------------------------------------- data order
+    def _indices(self, step: int) -> list[int]:
+        """Images of ``step`` for this rank: epochs are seeded permutations of the data."""
+        n = len(self.dataset)
+        per = self.config.train.images_per_step
+        out = []
+        for j in range(per):
+            flat = (step * self.world + self.rank) * per + j
+            epoch, pos = divmod(flat, n)
+            perm = np.random.default_rng([self.config.train.seed, epoch]).permutation(n)
+            out.append(int(perm[pos]))
+        return out
+
+    def _samples(self, step: int) -> list[TrainSample]:
+        rng = np.random.default_rng(_step_seed(self.config.train.seed, step, self.rank))
+        samples = []
+        for idx in self._indices(step):
+            s = self.dataset.load(idx, rng)
+            tries = 0
+            while len(s.masks) == 0 and tries < 10:  # jitter cropped every mask away: redraw
+                s = self.dataset.load(int(rng.integers(len(self.dataset))), rng)
+                tries += 1
+            if len(s.masks):
+                samples.append(s)
+        return samples
+
+    # ---------------------------------------------------------------- checkpoints
+    def save(self) -> None:
+        if self.rank != 0:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        state = {
+            "model": self.sam.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "step": self.step,
+            "rng": {"torch": torch.get_rng_state()},
+            "config": json.dumps(self.config.to_dict()),
+        }
+        tmp = self.ckpt_path.with_name(self.ckpt_path.name + ".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.ckpt_path)
+        meta = {"train_step": str(self.step), "train_config": json.dumps(self.config.to_dict())}
+        save_checkpoint(self.sam, self.out_dir / "model.safetensors", extra_meta=meta)
+        if self.config.train.export:
+            save_checkpoint(self.sam, self.config.train.export, extra_meta=meta)
+
+    def load(self) -> None:
+        """Restore model, optimiser, scheduler, step and RNG from ``checkpoint.pt``."""
+        if not self.ckpt_path.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {self.ckpt_path}")
+        state = torch.load(self.ckpt_path, map_location=self.device, weights_only=True)
+        self.sam.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = int(state["step"])
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        if self.rank == 0 and self.metrics_path.is_file():
+            # drop log lines of steps after the checkpoint: they are about to be redone
+            kept = [
+                line for line in self.metrics_path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= self.step
+            ]
+            tmp = self.metrics_path.with_name(self.metrics_path.name + ".tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            os.replace(tmp, self.metrics_path)
+
+    # ---------------------------------------------------------------- loop
+    def train_step(self) -> dict[str, float]:
+        seed = _step_seed(self.config.train.seed, self.step, self.rank)
+        torch.manual_seed(seed)  # drop path and anything else using the global RNG
+        generator = torch.Generator().manual_seed(seed)
+        samples = self._samples(self.step)
+        self.sam.train()
+        t0 = time.perf_counter()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.train.bf16):
+            out = self.step_module(samples, generator)
+        self.optimizer.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        clip = self.config.optim.grad_clip
+        if clip:
+            torch.nn.utils.clip_grad_norm_(self.sam.parameters(), clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        metrics = {k: float(v.detach()) for k, v in out.items()}
+        metrics["lr"] = float(self.optimizer.param_groups[0]["lr"])
+        metrics["sec"] = time.perf_counter() - t0
+        return metrics
+
+    def _log(self, metrics: dict[str, float]) -> None:
+        if self.rank != 0:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps({"step": self.step, "time": round(time.time(), 1), **metrics}) + "\n")
+
+    def run(self) -> dict[str, float]:
+        tcfg = self.config.train
+        if self.resume:
+            self.load()
+        elif self.rank == 0 and self.metrics_path.exists():
+            self.metrics_path.unlink()
+        previous = signal.getsignal(signal.SIGTERM)
+
+        def _stop(signum: int, frame: Any) -> None:
+            self._stop = True
+
+        try:
+            signal.signal(signal.SIGTERM, _stop)
+        except ValueError:  # not the main thread
+            previous = None
+        start = last_save = time.time()
+        metrics: dict[str, float] = {}
+        bar = tqdm(total=tcfg.steps, initial=self.step, desc="train", disable=not self.show_progress or self.rank != 0)
+        try:
+            while self.step < tcfg.steps and not self._stop:
+                metrics = self.train_step()
+                if not math.isfinite(metrics["loss"]):
+                    raise FloatingPointError(f"loss became {metrics['loss']} at step {self.step}")
+                self._log(metrics)
+                bar.update(1)
+                bar.set_postfix(loss=f"{metrics['loss']:.3f}", iou=f"{metrics['iou_last']:.3f}")
+                due_steps = tcfg.checkpoint_every_steps and self.step % tcfg.checkpoint_every_steps == 0
+                due_time = time.time() - last_save >= tcfg.checkpoint_every_s
+                if due_steps or due_time:
+                    self.save()
+                    last_save = time.time()
+                if tcfg.max_minutes is not None and time.time() - start >= 60 * tcfg.max_minutes:
+                    break
+            self.save()
+        finally:
+            bar.close()
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+        return metrics
+
+
+def train(config: TrainConfig | str | os.PathLike, resume: bool = False, **train_overrides: Any) -> dict[str, float]:
+    """Train per a config (object or YAML path); ``train_overrides`` replace ``train:`` keys."""
+    if not isinstance(config, TrainConfig):
+        config = TrainConfig.load(config)
+    if train_overrides:
+        config = replace(config, train=replace(config.train, **train_overrides))
+    return Trainer(config, resume=resume).run()
