@@ -51,6 +51,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--baselines", nargs="*", default=["canny", "sobel"], choices=("canny", "sobel"))
     p.add_argument("--no-model", action="store_true", help="score the baselines only")
     p.add_argument("--workers", type=int, default=1, help="processes for the benchmark matching (default 1)")
+    p.add_argument("--points-per-side", type=int, default=None, help="override the preset's 16x16 grid (reduced runs)")
     p.set_defaults(func=run_edges)
 
     p = sub.add_parser("proposals", help="mask AR@1000 all/small/medium/large on coco_tiny val (7.3 / D.3)")
@@ -132,6 +133,7 @@ def run_edges(args: argparse.Namespace) -> int:
     res = edges.run(
         model, Path(args.out), info, command, split=args.split, nthresh=args.nthresh, baselines_=args.baselines,
         limit=args.limit, seed=args.seed, data_root=args.data_root, workers=args.workers,
+        points_per_side=args.points_per_side,
         show_progress=not args.no_progress,
     )
     line = "  ".join(f"{k} ODS {v['ODS']:.3f}" for k, v in res["methods"].items())

@@ -62,9 +62,10 @@ def size_class(area: float) -> str:
     return "small" if area < SMALL_AREA else ("medium" if area < LARGE_AREA else "large")
 
 
-def _meta(dataset: str, image_id: str, mask: np.ndarray, **extra: Any) -> dict[str, Any]:
+def _meta(dataset: str, image: str, mask: np.ndarray, /, **extra: Any) -> dict[str, Any]:
+    """Per-object metadata; the loader's own fields win over same-named ones from the files."""
     area = int(mask.sum())
-    return {"dataset": dataset, "image": image_id, "area": area, "size": size_class(area), **extra}
+    return {**extra, "dataset": dataset, "image": image, "area": area, "size": size_class(area)}
 
 
 def default_data_root() -> Path:

@@ -162,6 +162,7 @@ def run(
     data_root: str | Path | None = None,
     workers: int = 1,
     show_progress: bool = True,
+    points_per_side: int | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """Edge maps for a BSDS500 split from segany (unless ``model`` is None) and the baselines, scored alike."""
@@ -198,7 +199,8 @@ def run(
                 ts = time.time()
                 if m == "segany":
                     assert predictor is not None
-                    maps[m], n_kept = segany_edges(predictor, image)
+                    overrides = {} if points_per_side is None else {"points_per_side": points_per_side}
+                    maps[m], n_kept = segany_edges(predictor, image, **overrides)
                     masks_kept.append(n_kept)
                 elif m == "canny":
                     maps[m] = baselines.canny_edges(image)
@@ -224,7 +226,9 @@ def run(
         "experiment": "edges",
         "model": model_info,
         "settings": {"split": split, "images": len(items), "nthresh": nthresh, "max_dist": bsds.DEFAULT_MAX_DIST,
-                     "seed": seed, "preset": preset("edges") if model is not None else None},
+                     "seed": seed,
+                     "preset": (preset("edges", **({} if points_per_side is None else {"points_per_side": points_per_side}))
+                                if model is not None else None)},
         "methods": {m: r.as_dict() for m, r in results.items()},
         "edge_map_seconds": edge_seconds,
         "mean_masks_after_nms": float(np.mean(masks_kept)) if masks_kept else None,

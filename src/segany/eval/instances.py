@@ -130,7 +130,7 @@ def run(
     ap = {"AP": 0.0, "AP50": 0.0, "AP75": 0.0, "AP_S": 0.0, "AP_M": 0.0, "AP_L": 0.0}
     if results:
         with contextlib.redirect_stdout(io.StringIO()):
-            ev = COCOeval(gt, gt.loadRes(results), "segm")
+            ev = COCOeval(gt, gt.loadRes([dict(r) for r in results]), "segm")
             ev.params.imgIds = ids
             ev.evaluate()
             ev.accumulate()

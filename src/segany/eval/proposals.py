@@ -32,7 +32,8 @@ def coco_recall(gt: Any, results: list[dict[str, Any]], image_ids: Sequence[int]
     from pycocotools.cocoeval import COCOeval
 
     with contextlib.redirect_stdout(io.StringIO()):
-        dt = gt.loadRes(results) if results else None
+        # loadRes adds fields to the dicts it is given: hand it copies
+        dt = gt.loadRes([dict(r) for r in results]) if results else None
         if dt is None:
             return {"100": 0.0, "300": 0.0, "all": 0.0, "small": 0.0, "medium": 0.0, "large": 0.0}
         ev = COCOeval(gt, dt, "segm")
