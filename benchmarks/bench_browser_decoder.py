@@ -161,9 +161,8 @@ def real_page_ms(clicks: int, threads: int) -> tuple[list[float], list[float]]:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1280, "height": 760})
-            page.goto(f"http://127.0.0.1:{port}/?token=bench")
+            page.goto(f"http://127.0.0.1:{port}/?token=bench&threads={threads}")
             page.wait_for_function("document.body.dataset.state === 'ready'", timeout=300_000)
-            page.evaluate(f"ort.env.wasm.numThreads = {threads}")
             box = page.locator("#prompt-layer").bounding_box()
             rng = np.random.default_rng(0)
             for i in range(clicks + 3):

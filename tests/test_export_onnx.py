@@ -156,6 +156,7 @@ def test_encoder_export_matches_pytorch(model, tmp_path):
     np.testing.assert_allclose(emb, ref, atol=ATOL, rtol=0)
 
 
+@pytest.mark.slow  # ~20 s: two encoder runs in each runtime at sizes other than the traced one
 def test_encoder_with_preprocess_takes_any_image_size(model, tmp_path):
     sess = _session(export_encoder(model, tmp_path / "encoder_pre.onnx", with_preprocess=True))
     wrapper = SamOnnxEncoder(model, with_preprocess=True).eval()

@@ -13,34 +13,37 @@
   const emb = new Float32Array(256 * 64 * 64);
   for (let i = 0; i < emb.length; i++) emb[i] = (rnd() - 0.5) * 2;
   const H = 321, W = 481, inputSide = Number(q.get("input") || 512);
-  const results = {};
+  // All sessions first, then the models take turns on every click (same prompts), so
+  // machine load and warm-up affect them alike.
+  const sessions = {}, results = {}, state = {};
   for (const name of models) {
     const buf = await (await fetch("/models/" + name)).arrayBuffer();
-    const session = await ort.InferenceSession.create(buf, { executionProviders: ["wasm"], graphOptimizationLevel: "all" });
-    const times = [];
-    let mask = new Float32Array(256 * 256), hasMask = 0;
-    for (let k = 0; k < clicks + 3; k++) {
-      const n = 1 + (k % 3); // 1 to 3 clicks per object, as an annotator refines
-      const coords = [], labels = [];
-      for (let j = 0; j < n; j++) { coords.push(rnd() * inputSide, rnd() * inputSide * H / W); labels.push(j === 0 ? 1 : (rnd() < 0.5 ? 0 : 1)); }
-      coords.push(0, 0); labels.push(-1);
+    sessions[name] = await ort.InferenceSession.create(buf, { executionProviders: ["wasm"], graphOptimizationLevel: "all" });
+    results[name] = []; state[name] = { mask: new Float32Array(256 * 256), hasMask: 0 };
+  }
+  for (let k = 0; k < clicks + 3; k++) {
+    const n = 1 + (k % 3); // 1 to 3 clicks per object, as an annotator refines
+    const coords = [], labels = [];
+    for (let j = 0; j < n; j++) { coords.push(rnd() * inputSide, rnd() * inputSide * H / W); labels.push(j === 0 ? 1 : (rnd() < 0.5 ? 0 : 1)); }
+    coords.push(0, 0); labels.push(-1);
+    for (const name of (k % 2 ? models.slice().reverse() : models)) {
+      const st = state[name];
       const feeds = {
         image_embeddings: new ort.Tensor("float32", emb, [1, 256, 64, 64]),
         point_coords: new ort.Tensor("float32", Float32Array.from(coords), [1, n + 1, 2]),
         point_labels: new ort.Tensor("float32", Float32Array.from(labels), [1, n + 1]),
-        mask_input: new ort.Tensor("float32", mask, [1, 1, 256, 256]),
-        has_mask_input: new ort.Tensor("float32", Float32Array.from([hasMask]), [1]),
+        mask_input: new ort.Tensor("float32", st.mask, [1, 1, 256, 256]),
+        has_mask_input: new ort.Tensor("float32", Float32Array.from([st.hasMask]), [1]),
         orig_im_size: new ort.Tensor("float32", Float32Array.from([H, W]), [2]),
       };
       const t0 = performance.now();
-      const out = await session.run(feeds);
+      const out = await sessions[name].run(feeds);
       const dt = performance.now() - t0;
-      if (k >= 3) times.push(dt); // 3 warm-up runs
-      mask = out.low_res_masks.data.slice(0, 65536); hasMask = n === 3 ? 0 : 1;
+      if (k >= 3) results[name].push(dt); // 3 warm-up runs
+      st.mask = out.low_res_masks.data.slice(0, 65536); st.hasMask = n === 3 ? 0 : 1;
     }
-    results[name] = times;
-    document.getElementById("log").textContent += `${name}: ${times.length} runs\n`;
   }
+  document.getElementById("log").textContent = JSON.stringify(Object.keys(results));
   window.results = results;
   document.body.dataset.state = "done";
 })().catch((e) => { window.benchError = String(e); document.body.dataset.state = "error"; });
