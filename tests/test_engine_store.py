@@ -115,8 +115,9 @@ def test_export_sa1b_and_coco(filled):
     store, masks, tmp = filled
     out = tmp / "out"
     assert main(["engine", "export", "--db", str(tmp / "db.sqlite"), "--out", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["coco.json", "sa_1.json", "sa_1.png", "sa_2.json", "sa_2.png"]
-    rec = json.loads((out / "sa_1.json").read_text())
+    assert sorted(p.name for p in out.iterdir()) == ["coco.json", "sa1b"]
+    assert sorted(p.name for p in (out / "sa1b").iterdir()) == ["sa_1.json", "sa_1.png", "sa_2.json", "sa_2.png"]
+    rec = json.loads((out / "sa1b" / "sa_1.json").read_text())
     assert rec["image"] == {"image_id": 1, "width": 40, "height": 30, "file_name": "sa_1.png"}
     from segany.masks import rle_to_mask
 
@@ -124,13 +125,22 @@ def test_export_sa1b_and_coco(filled):
         assert np.array_equal(rle_to_mask(ann["segmentation"]), m)
         assert ann["area"] == m.sum() and len(ann["bbox"]) == 4 and ann["crop_box"] == [0, 0, 40, 30]
         assert {"predicted_iou", "stability_score", "point_coords", "source", "seconds"} <= set(ann)
+        x, y = ann["point_coords"][0]
+        assert m[int(y), int(x)]  # a point inside the mask, as SA-1B records have
+    try:  # the training side's SA-1B reader accepts the folder as it is
+        from segany.data.sa1b import list_records, validate_record
+    except ImportError:
+        pass
+    else:
+        records = list_records(out / "sa1b")
+        assert len(records) == 2 and all(validate_record(r) == [] for r in records)
     coco = COCO(str(out / "coco.json"))
     assert len(coco.getAnnIds()) == 3
     ann = coco.loadAnns(coco.getAnnIds(imgIds=[2]))[0]
     assert np.array_equal(coco.annToMask(ann).astype(bool), masks[2][0])
     only_manual = export_dataset(store, tmp / "manual", sources=("manual",), copy_images=False)
     assert only_manual == {"images": 2, "masks": 2}
-    assert json.loads((tmp / "manual" / "sa_1.json").read_text())["image"]["file_name"].endswith("im0.png")
+    assert json.loads((tmp / "manual" / "sa1b" / "sa_1.json").read_text())["image"]["file_name"].endswith("im0.png")
     assert main(["engine", "export", "--db", str(tmp / "nope.sqlite"), "--out", str(out)]) == 2
 
 

@@ -190,9 +190,9 @@ def test_click_accept_store_export_roundtrip(server, page, tmp_path):
     from segany.cli import main
 
     assert main(["engine", "export", "--db", str(server["db"]), "--out", str(out)]) == 0
-    record = json.loads((out / "sa_1.json").read_text())
+    record = json.loads((out / "sa1b" / "sa_1.json").read_text())
     assert record["image"]["width"] == 481 and record["image"]["height"] == 321
-    assert (out / record["image"]["file_name"]).is_file()
+    assert (out / "sa1b" / record["image"]["file_name"]).is_file()
     ann = next(a for a in record["annotations"] if a["id"] == saved)
     seg = ann["segmentation"]
     decoded = mask_utils.decode({"size": seg["size"], "counts": seg["counts"].encode()}).astype(bool)

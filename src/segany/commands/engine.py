@@ -13,7 +13,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("engine", help="data engine: export the annotations, report statistics, pre-fill")
     sub = parser.add_subparsers(dest="engine_command", metavar="ACTION", required=True)
 
-    exp = sub.add_parser("export", help="write an SA-1B-format dataset (and coco.json) from the store")
+    exp = sub.add_parser("export", help="write an SA-1B-format dataset (OUT/sa1b) and OUT/coco.json from the store")
     exp.add_argument("--db", required=True, help="SQLite file or postgresql:// URL")
     exp.add_argument("--out", required=True, help="output folder")
     exp.add_argument("--sources", default=None, help="comma-separated: manual,prefilled,automatic (default: all)")
@@ -48,7 +48,8 @@ def run_export(args: argparse.Namespace) -> int:
 
     sources = tuple(s.strip() for s in args.sources.split(",")) if args.sources else None
     counts = export_dataset(_store(args.db), args.out, sources=sources, copy_images=not args.no_copy_images)
-    print(f"wrote {counts['masks']} masks on {counts['images']} images to {args.out} (SA-1B JSON + coco.json)")
+    print(f"wrote {counts['masks']} masks on {counts['images']} images: {args.out}/sa1b (SA-1B, for segany train) "
+          f"and {args.out}/coco.json")
     return 0
 
 

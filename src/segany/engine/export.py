@@ -1,10 +1,13 @@
 """Export the annotation store as an SA-1B-format dataset (and one COCO JSON).
 
-SA-1B stores one ``<name>.jpg`` + ``<name>.json`` pair per image; the JSON holds
+Layout: ``OUT/sa1b/sa_<id>.<ext>`` + ``OUT/sa1b/sa_<id>.json`` per annotated image, and
+``OUT/coco.json`` beside (not inside) the SA-1B folder, since SA-1B readers take every JSON
+under their folder as an image record. SA-1B stores one image + JSON pair per image; the JSON holds
 ``{"image": {image_id, width, height, file_name}, "annotations": [{id, segmentation (COCO
 RLE), bbox (XYWH), area, predicted_iou, stability_score, point_coords, crop_box}]}``. That
-is what the paper's retraining consumed, so the data engine's output feeds ``segany train``
-directly. ``coco.json`` holds the same masks as class-agnostic COCO instances (category 1,
+is what the paper's retraining consumed, so ``segany train`` reads ``OUT/sa1b`` directly.
+``point_coords`` holds the mask's innermost pixel (largest distance to the boundary), a
+point inside the mask as SA-1B records carry one. ``coco.json`` holds the same masks as class-agnostic COCO instances (category 1,
 "object") for tools that read COCO. Every file is written to a temp name and renamed.
 """
 
@@ -16,6 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm import tqdm
 
 from .store import Store
@@ -28,6 +32,20 @@ def _write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def _inner_point(rle: dict[str, Any]) -> list[float]:
+    """(x, y) of the mask pixel farthest from the background (inside even for rings)."""
+    from scipy.ndimage import distance_transform_edt
+
+    from ..masks import rle_to_mask
+
+    mask = rle_to_mask(rle)
+    if not mask.any():
+        return [0.0, 0.0]
+    dist = distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    return [float(x), float(y)]
+
+
 def export_dataset(
     store: Store,
     out_dir: str | Path,
@@ -36,7 +54,7 @@ def export_dataset(
     copy_images: bool = True,
     include_empty: bool = False,
 ) -> dict[str, int]:
-    """Write ``out_dir/sa_<id>.{jpg|png,json}`` per annotated image plus ``coco.json``.
+    """Write ``out_dir/sa1b/sa_<id>.{jpg|png,json}`` per annotated image plus ``out_dir/coco.json``.
 
     Args:
         sources: only masks with these sources (default: all).
@@ -45,7 +63,8 @@ def export_dataset(
         include_empty: also write images that have no masks.
     Returns counts: images, masks.
     """
-    out = Path(out_dir)
+    root = Path(out_dir)
+    out = root / "sa1b"
     out.mkdir(parents=True, exist_ok=True)
     masks_by_image: dict[int, list] = {}
     for m in store.masks():
@@ -80,7 +99,7 @@ def export_dataset(
                 "area": int(m.area),
                 "predicted_iou": float(m.score) if m.score is not None else 1.0,
                 "stability_score": 1.0,
-                "point_coords": [],
+                "point_coords": [_inner_point(m.rle)],
                 "crop_box": [0.0, 0.0, float(image.width), float(image.height)],
                 "source": m.source,
                 "annotator": m.annotator,
@@ -107,5 +126,5 @@ def export_dataset(
         coco["images"].append({"id": image.id, "width": image.width, "height": image.height, "file_name": file_name})
         n_images += 1
         n_masks += len(annotations)
-    _write_json(out / "coco.json", coco)
+    _write_json(root / "coco.json", coco)
     return {"images": n_images, "masks": n_masks}
