@@ -201,3 +201,57 @@ def test_report_writes_atomically(tmp_path: Path):
     assert not list(tmp_path.glob(".*tmp"))
     table = report.markdown_table(["x", "y"], [["a", 0.12345], ["b", None]])
     assert "| a | 0.123 |" in table and "| b | - |" in table
+
+
+class _FakePredictor:
+    """Stands in for SamPredictor: 3 masks (whole image, the object, a corner) ranked so that the
+    model's top choice is wrong; any later (single-mask) call returns the object exactly."""
+
+    def __init__(self, obj: np.ndarray):
+        import torch
+
+        from segany.transforms import ResizeLongestSide
+
+        self.obj = torch.from_numpy(obj)
+        self.transform = ResizeLongestSide(64)
+        self.device = torch.device("cpu")
+        self.calls: list[tuple[int, bool]] = []
+
+    def set_image(self, image: np.ndarray) -> None:
+        self.size = image.shape[:2]
+
+    def reset_image(self) -> None:
+        pass
+
+    def predict_torch(self, pts, labels, mask_input=None, multimask_output=True, **_):
+        import torch
+
+        b = pts.shape[0]
+        self.calls.append((pts.shape[1], multimask_output))
+        whole = torch.ones_like(self.obj)
+        corner = torch.zeros_like(self.obj)
+        corner[:2, :2] = True
+        if multimask_output:
+            masks = torch.stack([whole, self.obj, corner])[None].expand(b, -1, -1, -1)
+            scores = torch.tensor([[0.9, 0.5, 0.1]]).expand(b, -1)
+        else:
+            masks = self.obj[None, None].expand(b, 1, -1, -1)
+            scores = torch.ones(b, 1)
+        return masks, scores, torch.zeros(b, masks.shape[1], 256, 256)
+
+
+def test_simulate_image_tracks_top_and_oracle_and_feeds_clicks_back():
+    from segany.eval.datasets import EvalObjects
+
+    obj = np.zeros((40, 50), bool)
+    obj[10:30, 10:30] = True
+    fake = _FakePredictor(obj)
+    traces, _ = points.simulate_image(fake, np.zeros((40, 50, 3), np.uint8), EvalObjects([obj], None, [{"k": 1}]),
+                                      max_clicks=20)
+    tr = traces[0]
+    assert tr.ious["top"][0] == pytest.approx(400 / 2000)  # the confident "whole image" mask
+    assert tr.ious["oracle"] == [1.0]  # the best of 3 is exact: no error left, no more clicks
+    assert tr.ious["top"][1] == 1.0 and len(tr.ious["top"]) == 2  # the 2nd click fixes it, then stop
+    assert tr.noc("top", 0.9, 20) == 2 and tr.noc("oracle", 0.9, 20) == 1
+    # first call: 1 point, 3 masks; second: 2 points (centre + negative click), single mask
+    assert fake.calls == [(1, True), (2, False)]
