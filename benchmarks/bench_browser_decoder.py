@@ -77,7 +77,10 @@ def export_official(model, path: Path) -> Path:
     return path
 
 
-def python_ort_ms(path: Path, feeds: dict, repeats: int, threads: int = 1) -> float:
+def python_ort_ms(path: Path, feeds: dict, repeats: int, threads: int = 1) -> tuple[float, float]:
+    """(median wall ms, median CPU ms of the calling thread) per run; with one intra-op
+    thread onnxruntime computes on the calling thread, so the CPU time is what the run would
+    take on an otherwise idle core."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -85,12 +88,13 @@ def python_ort_ms(path: Path, feeds: dict, repeats: int, threads: int = 1) -> fl
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     for _ in range(3):
         sess.run(None, feeds)
-    times = []
+    times, cpu = [], []
     for _ in range(repeats):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.thread_time()
         sess.run(None, feeds)
+        cpu.append(time.thread_time() - c)
         times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1000
+    return statistics.median(times) * 1000, statistics.median(cpu) * 1000
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
@@ -133,6 +137,16 @@ def bare_page_ms(models: dict[str, Path], clicks: int, threads: int) -> dict[str
             if page.evaluate("document.body.dataset.state") != "done":
                 raise RuntimeError(page.evaluate("window.benchError"))
             results = page.evaluate("window.results")
+            # renderer CPU time per run (Chrome's ProcessTime metric), contention-free
+            cdp = page.context.new_cdp_session(page)
+            cdp.send("Performance.enable")
+            n = max(10, clicks // 3)
+            for name in models:
+                before = {m["name"]: m["value"] for m in cdp.send("Performance.getMetrics")["metrics"]}
+                page.evaluate(f"window.runBatch({name!r}, {n})")
+                after = {m["name"]: m["value"] for m in cdp.send("Performance.getMetrics")["metrics"]}
+                if "ProcessTime" in after:
+                    results[name + ":cpu_ms"] = (after["ProcessTime"] - before["ProcessTime"]) * 1000 / n
             browser.close()
     finally:
         httpd.shutdown()
@@ -210,13 +224,13 @@ def main() -> int:
         predictor.predict(pts, labels, multimask_output=True)
         t_torch.append(time.perf_counter() - t)
     torch_ms = statistics.median(t_torch[3:]) * 1000
-    py_ours = python_ort_ms(ours, feeds, args.clicks)
-    py_official = python_ort_ms(official, feeds, args.clicks)
+    py_ours, cpu_ours = python_ort_ms(ours, feeds, args.clicks)
+    py_official, cpu_official = python_ort_ms(official, feeds, args.clicks)
     print(f"machine load average: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print(f"PyTorch SamPredictor.predict (1 thread):       {torch_ms:8.1f} ms")
-    print(f"Python onnxruntime, segany decoder (1 thread): {py_ours:8.1f} ms")
-    print(f"Python onnxruntime, official export (1 thread):{py_official:8.1f} ms   ratio segany/official "
-          f"{py_ours / py_official:.2f}")
+    print(f"Python onnxruntime, segany decoder (1 thread): {py_ours:8.1f} ms wall, {cpu_ours:6.1f} ms CPU")
+    print(f"Python onnxruntime, official export (1 thread):{py_official:8.1f} ms wall, {cpu_official:6.1f} ms CPU"
+          f"   ratio segany/official {py_ours / py_official:.2f} (CPU {cpu_ours / cpu_official:.2f})")
 
     if not Path(CHROMIUM).is_file() or ort_dist_dir() is None:
         print("browser part skipped: needs /usr/bin/chromium and onnxruntime-web (.ci/setup-extra.sh)")
@@ -227,6 +241,10 @@ def main() -> int:
           f"over {len(bare['segany.onnx'])} runs")
     print(f"Chromium onnxruntime-web ({args.threads} thread), official export: median {b_off:7.1f} ms "
           f"over {len(bare['official.onnx'])} runs   ratio segany/official {b_ours / b_off:.2f}")
+    if "segany.onnx:cpu_ms" in bare:
+        c_ours, c_off = bare["segany.onnx:cpu_ms"], bare["official.onnx:cpu_ms"]
+        print(f"Chromium renderer CPU time per run: segany {c_ours:.1f} ms, official {c_off:.1f} ms "
+              f"(ratio {c_ours / c_off:.2f})")
     run, click = real_page_ms(args.clicks, args.threads)
     print(f"annotation page, {len(run)} real clicks: decoder median {statistics.median(run):.1f} ms, "
           f"press -> mask drawn median {statistics.median(click):.1f} ms")

@@ -174,3 +174,15 @@ def test_encoder_with_preprocess_takes_any_image_size(model, tmp_path):
     assert padded.shape == (1, 3, model.img_size, model.img_size)
     new_w = int(w * model.img_size / max(h, w) + 0.5)
     assert torch.all(padded[..., new_w:] == 0) and torch.any(padded[..., new_w - 1] != 0)
+
+
+def test_export_command(tmp_path, capsys):
+    from segany.cli import main
+
+    out = tmp_path / "sub" / "dec.onnx"
+    assert main(["export", "onnx", "--out", str(out), "--return-single-mask", "--check"]) == 0
+    printed = capsys.readouterr().out
+    assert "decoder:" in printed and "onnxruntime decoder latency" in printed
+    sess = _session(out)
+    assert sess.get_outputs()[1].shape[1] == 1  # one mask
+    assert not list(out.parent.glob("*.tmp"))  # written via a temp file, then renamed

@@ -44,6 +44,20 @@
     }
   }
   document.getElementById("log").textContent = JSON.stringify(Object.keys(results));
+  // n more runs of one model, for the caller to read the renderer's CPU time around them
+  window.runBatch = async (name, n) => {
+    const st = state[name];
+    const feeds = {
+      image_embeddings: new ort.Tensor("float32", emb, [1, 256, 64, 64]),
+      point_coords: new ort.Tensor("float32", Float32Array.from([100, 80, 0, 0]), [1, 2, 2]),
+      point_labels: new ort.Tensor("float32", Float32Array.from([1, -1]), [1, 2]),
+      mask_input: new ort.Tensor("float32", st.mask, [1, 1, 256, 256]),
+      has_mask_input: new ort.Tensor("float32", Float32Array.from([1]), [1]),
+      orig_im_size: new ort.Tensor("float32", Float32Array.from([H, W]), [2]),
+    };
+    for (let i = 0; i < n; i++) await sessions[name].run(feeds);
+    return n;
+  };
   window.results = results;
   document.body.dataset.state = "done";
 })().catch((e) => { window.benchError = String(e); document.body.dataset.state = "error"; });
