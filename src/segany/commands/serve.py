@@ -25,6 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--cache-dir", default=None, help="embedding cache (default: <db folder>/.segany-cache)")
     parser.add_argument("--upload-dir", default=None, help="allow uploads into this folder")
     parser.add_argument("--max-upload-mb", type=float, default=32.0)
+    parser.add_argument("--prefill-points-per-side", type=int, default=16,
+                        help="point grid of the pre-fill action (16 x 16 points)")
     parser.add_argument("--annotator", default=os.environ.get("USER", "annotator"), help="default annotator name")
     add_model_args(parser)
     parser.set_defaults(func=run)
@@ -93,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
         annotator=args.annotator,
         model=model,
+        prefill_settings={"points_per_side": args.prefill_points_per_side},
     )
     if args.token:
         config.token = args.token

@@ -68,6 +68,7 @@ class ServerConfig:
     model: Any = None  # a segany Sam; the default model when None
     model_version: str | None = None
     prefetch_ahead: int = PREFETCH_AHEAD
+    prefill_settings: dict = field(default_factory=dict)  # overrides of prefill.PREFILL_SETTINGS
 
 
 class AddImage(BaseModel):
@@ -388,13 +389,15 @@ def create_app(config: ServerConfig):  # noqa: C901 - one closure per route keep
 
     @app.post("/api/images/{image_id}/prefill")
     def prefill(image_id: int, annotator: str = Depends(require_token)) -> dict:
-        from .prefill import PrefillUnavailable, prefill_image
+        from .prefill import PrefillUnavailable, make_generator, prefill_image
 
         row, path = image_row(image_id)
         try:
             with prefill_lock:
+                generator = make_generator(model, **config.prefill_settings)
                 ids = prefill_image(
-                    config.store, row, path, model, annotator=annotator, model_version=config.model_version
+                    config.store, row, path, model, annotator=annotator, model_version=config.model_version,
+                    generator=generator,
                 )
         except PrefillUnavailable as exc:
             raise HTTPException(501, str(exc)) from None
