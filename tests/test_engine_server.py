@@ -296,3 +296,18 @@ def test_prefill_endpoint(env):
     assert [m["id"] for m in rows] == added
     assert all(m["source"] == "prefilled" for m in rows)
     assert client.post("/api/images/99/prefill").status_code == 404
+
+
+def test_decoder_served_and_quantized_option(env, tmp_path):
+    import onnxruntime as ort
+
+    client, store, config, _ = env
+    r = client.get("/api/decoder.onnx")
+    assert r.status_code == 200
+    full = tmp_path / "full.onnx"
+    full.write_bytes(r.content)
+    names = [i.name for i in ort.InferenceSession(str(full)).get_inputs()]
+    assert names[0] == "image_embeddings" and names[-1] == "orig_im_size"
+    config.quantized_decoder = True
+    q = client.get("/api/decoder.onnx")
+    assert q.status_code == 200 and len(q.content) < 0.5 * len(r.content)

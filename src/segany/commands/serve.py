@@ -27,6 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-upload-mb", type=float, default=32.0)
     parser.add_argument("--prefill-points-per-side", type=int, default=16,
                         help="point grid of the pre-fill action (16 x 16 points)")
+    parser.add_argument("--quantized-decoder", action="store_true",
+                        help="send the page the uint8-quantised decoder (smaller, less CPU, slightly less exact)")
     parser.add_argument("--annotator", default=os.environ.get("USER", "annotator"), help="default annotator name")
     add_model_args(parser)
     parser.set_defaults(func=run)
@@ -96,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
         annotator=args.annotator,
         model=model,
         prefill_settings={"points_per_side": args.prefill_points_per_side},
+        quantized_decoder=args.quantized_decoder,
     )
     if args.token:
         config.token = args.token

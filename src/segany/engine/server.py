@@ -69,6 +69,7 @@ class ServerConfig:
     model_version: str | None = None
     prefetch_ahead: int = PREFETCH_AHEAD
     prefill_settings: dict = field(default_factory=dict)  # overrides of prefill.PREFILL_SETTINGS
+    quantized_decoder: bool = False  # serve the uint8-quantised decoder (about 16% less CPU in wasm)
 
 
 class AddImage(BaseModel):
@@ -242,10 +243,11 @@ def create_app(config: ServerConfig):  # noqa: C901 - one closure per route keep
     def decoder(_: str = Depends(require_token)) -> Response:
         from ..export.onnx import export_decoder
 
-        path = config.cache_dir / f"decoder-{embeddings.fingerprint}.onnx"
+        suffix = "-uint8" if config.quantized_decoder else ""
+        path = config.cache_dir / f"decoder-{embeddings.fingerprint}{suffix}.onnx"
         with decoder_lock:
             if not path.is_file():
-                export_decoder(model, path)
+                export_decoder(model, path, quantize=config.quantized_decoder)
         return FileResponse(path, media_type="application/octet-stream")
 
     # ------------------------------------------------------------------ images
