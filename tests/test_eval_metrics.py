@@ -39,6 +39,8 @@ def test_random_click_is_inside_and_reproducible():
     ign[10:20, 30:39] = True  # only column 39 left
     for s in range(5):
         assert clicks.random_click(m, np.random.default_rng(s), ign)[0] == 39
+    ign[:] = True  # an object entirely inside an ignore region still gets a click
+    assert m[clicks.center_click(m, ign)[1], clicks.center_click(m, ign)[0]]
 
 
 def test_next_click_goes_to_the_deeper_error():

@@ -23,13 +23,20 @@ def _inner_distance(region: np.ndarray) -> np.ndarray:
     return cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
 
 
-def center_click(mask: np.ndarray, ignore: np.ndarray | None = None) -> tuple[int, int]:
-    """(x, y) of the pixel of ``mask`` farthest from its boundary (first pixel in row order on ties)."""
+def _clickable(mask: np.ndarray, ignore: np.ndarray | None) -> np.ndarray:
+    """The mask minus the ignore region; the whole mask if the ignore region covers all of it
+    (an object inside a COCO crowd region must still get its first click)."""
     region = np.asarray(mask, dtype=bool)
-    if ignore is not None:
-        region = region & ~ignore
     if not region.any():
         raise ValueError("cannot place a click in an empty mask")
+    if ignore is not None and (region & ~ignore).any():
+        region = region & ~ignore
+    return region
+
+
+def center_click(mask: np.ndarray, ignore: np.ndarray | None = None) -> tuple[int, int]:
+    """(x, y) of the pixel of ``mask`` farthest from its boundary (first pixel in row order on ties)."""
+    region = _clickable(mask, ignore)
     dist = _inner_distance(region)
     y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
     return int(x), int(y)
@@ -37,12 +44,7 @@ def center_click(mask: np.ndarray, ignore: np.ndarray | None = None) -> tuple[in
 
 def random_click(mask: np.ndarray, rng: np.random.Generator, ignore: np.ndarray | None = None) -> tuple[int, int]:
     """(x, y) of a uniformly random pixel of ``mask`` (outside ``ignore``)."""
-    region = np.asarray(mask, dtype=bool)
-    if ignore is not None:
-        region = region & ~ignore
-    ys, xs = np.nonzero(region)
-    if ys.size == 0:
-        raise ValueError("cannot place a click in an empty mask")
+    ys, xs = np.nonzero(_clickable(mask, ignore))
     k = int(rng.integers(ys.size))
     return int(xs[k]), int(ys[k])
 
