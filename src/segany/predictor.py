@@ -252,10 +252,13 @@ class SamPredictor:
         if prompts.text_embedding is not None:
             text_t = torch.as_tensor(prompts.text_embedding, dtype=torch.float, device=dev)
         with torch.no_grad():
-            masks, iou, low_res = self._predict_state(
-                state, coords_t, labels_t, box_t, mask_t, bool(multimask_output), return_logits, text_t
+            logits, iou, low_res = self._predict_state(
+                state, coords_t, labels_t, box_t, mask_t, bool(multimask_output), True, text_t
             )
-        masks_np = masks.cpu().numpy()
+        masks_np = logits.cpu().numpy()
+        if not return_logits:
+            # numpy's comparison is several times faster than torch's on CPU for this size
+            masks_np = masks_np > self.model.mask_threshold
         iou_np = iou.cpu().numpy()
         low_np = low_res.cpu().numpy()
         if not prompts.batched:

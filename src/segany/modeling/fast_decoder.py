@@ -54,6 +54,17 @@ def build_image_cache(decoder: MaskDecoder, src: torch.Tensor, image_pe: torch.T
     return cache
 
 
+def _softmax_short(x: torch.Tensor) -> torch.Tensor:
+    """Softmax over a short last axis (the few prompt tokens).
+
+    PyTorch's softmax kernel pays a per-row overhead that dominates for rows of ~7
+    elements (32k rows here); the explicit form is several times faster and equal to
+    float rounding.
+    """
+    e = (x - x.amax(dim=-1, keepdim=True)).exp_()
+    return e.div_(e.sum(dim=-1, keepdim=True))
+
+
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     b, n, c = x.shape
     return x.reshape(b, n, heads, c // heads).transpose(1, 2)
@@ -101,7 +112,7 @@ def _image_to_token(
         m = torch.einsum("bhtc,hcd->bdht", k, wq).reshape(b, -1, h * t) * scale  # B D (hT)
         bias = torch.einsum("bhtc,hc->bht", k, attn.q_proj.bias.reshape(h, c)).reshape(b, 1, h * t) * scale
         logits = torch.baddbmm(bias, x_q, m).reshape(b, -1, h, t)  # B N h T
-    p = torch.softmax(logits, dim=-1).reshape(b, -1, h * t)
+    p = _softmax_short(logits).reshape(b, -1, h * t)
     wo = attn.out_proj.weight.reshape(-1, h, c)  # D h c
     vw = torch.einsum("bhtc,dhc->bhtd", v, wo).reshape(b, h * t, -1)  # B (hT) D
     return torch.baddbmm(attn.out_proj.bias.expand(b, 1, -1), p, vw)
@@ -129,6 +140,7 @@ def decode_cached(
             queries = queries + layer.self_attn(q=q, k=q, v=queries)
         queries = layer.norm1(queries)
         q = queries + query_pe
+        keys_pe = keys + key_pe if i > 0 else None
         if i == 0:
             t2i = layer.cross_attn_token_to_image
             q_heads = t2i._separate_heads(t2i.q_proj(q))
@@ -136,14 +148,14 @@ def decode_cached(
             v_h = cache["t2i_v"].expand(b, -1, -1, -1)
             attn_out = t2i.attend(q_heads, k_h, v_h)
         else:
-            attn_out = _token_to_image(layer.cross_attn_token_to_image, q, keys + key_pe, keys)
+            attn_out = _token_to_image(layer.cross_attn_token_to_image, q, keys_pe, keys)
         queries = layer.norm2(queries + attn_out)
         queries = layer.norm3(queries + layer.mlp(queries))
         q = queries + query_pe
         if i == 0:
             attn_out = _image_to_token(layer.cross_attn_image_to_token, q, queries, q_heads=cache["i2t_q"])
         else:
-            attn_out = _image_to_token(layer.cross_attn_image_to_token, q, queries, x_q=keys + key_pe)
+            attn_out = _image_to_token(layer.cross_attn_image_to_token, q, queries, x_q=keys_pe)
         keys = layer.norm4(keys + attn_out)
     q = queries + query_pe
     attn_out = _token_to_image(transformer.final_attn_token_to_image, q, keys + key_pe, keys)

@@ -96,27 +96,25 @@ class Sam(nn.Module):
         """Low-res logits BxCx256x256 -> BxCxHxW logits in the original frame.
 
         Same result as upsampling to the padded square, cropping the input region and
-        resizing to the original size, but only the low-res rows/columns that reach the
-        crop are upsampled (the padding is never computed).
+        resizing to the original size, but the padding is never computed.
         """
         size = self.img_size
         h_in, w_in = int(input_size[0]), int(input_size[1])
-        low = masks.shape[-1]
-        factor = size / low
-        rows = _source_extent(h_in, low, factor)
-        cols = _source_extent(w_in, low, factor)
-        if rows == low and cols == low:
-            up = F.interpolate(masks, (size, size), mode="bilinear", align_corners=False)
+        b, c, low_h, low_w = masks.shape
+        # One channel per batch item: PyTorch's CPU bilinear kernel is several times slower
+        # for multi-channel NCHW input than for the same data as N*C single-channel images.
+        x = masks.reshape(b * c, 1, low_h, low_w)
+        factor = size / low_w
+        rows = _source_extent(h_in, low_h, factor)
+        cols = _source_extent(w_in, low_w, factor)
+        if rows == low_h and cols == low_w:
+            up = F.interpolate(x, (size, size), mode="bilinear", align_corners=False)[..., :h_in, :w_in]
         else:
-            up = F.interpolate(
-                masks[..., :rows, :cols],
-                scale_factor=factor,
-                mode="bilinear",
-                align_corners=False,
-                recompute_scale_factor=False,
-            )
-        up = up[..., :h_in, :w_in]
-        return F.interpolate(up, (int(original_size[0]), int(original_size[1])), mode="bilinear", align_corners=False)
+            # Upsample only the source rows/cols that reach the crop, straight to the crop's
+            # size, with the full image's scale (so the sampling positions are unchanged).
+            up = torch.ops.aten.upsample_bilinear2d(x[..., :rows, :cols], [h_in, w_in], False, factor, factor)
+        out = F.interpolate(up, (int(original_size[0]), int(original_size[1])), mode="bilinear", align_corners=False)
+        return out.reshape(b, c, out.shape[-2], out.shape[-1])
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise a 3xHxW (or Bx3xHxW) input-frame image and pad it to the square."""
