@@ -198,6 +198,11 @@ def build_sam_for_training(section: ModelSection) -> Sam:
     with torch.random.fork_rng():
         torch.manual_seed(section.init_seed)
         sam = build_model(section.type, section.checkpoint, **section.overrides)
+    return prepare_for_training(sam, section)
+
+
+def prepare_for_training(sam: Sam, section: ModelSection) -> Sam:
+    """Train mode, gradient checkpointing and frozen parts as the model section asks."""
     sam.train()
     sam.image_encoder.grad_checkpointing = bool(section.grad_checkpointing)
     if section.freeze_image_encoder:
@@ -210,7 +215,11 @@ def build_sam_for_training(section: ModelSection) -> Sam:
 class Trainer:
     """Trains a Sam per a :class:`TrainConfig`; ``run()`` returns the last metrics."""
 
-    def __init__(self, config: TrainConfig, resume: bool = False, show_progress: bool = True) -> None:
+    def __init__(
+        self, config: TrainConfig, resume: bool = False, show_progress: bool = True, sam: Sam | None = None
+    ) -> None:
+        """``sam`` trains a model built elsewhere (e.g. a custom architecture) instead of
+        the one the config's model section describes."""
         self.config = config
         self.resume = resume
         self.show_progress = show_progress
@@ -226,7 +235,8 @@ class Trainer:
         self.out_dir = Path(tcfg.out_dir)
         self.ckpt_path = self.out_dir / "checkpoint.pt"
         self.metrics_path = self.out_dir / "metrics.jsonl"
-        self.sam = build_sam_for_training(config.model).to(self.device)
+        built = build_sam_for_training(config.model) if sam is None else prepare_for_training(sam, config.model)
+        self.sam = built.to(self.device)
         roots = [(r["path"], int(r.get("repeat", 1))) if isinstance(r, dict) else r for r in config.data.roots]
         if not roots:
             raise ConfigError("data.roots is empty: give at least one SA-1B folder")
@@ -291,6 +301,8 @@ class Trainer:
         tmp = self.ckpt_path.with_name(self.ckpt_path.name + ".tmp")
         torch.save(state, tmp)
         os.replace(tmp, self.ckpt_path)
+        if getattr(self.sam, "config", None) is None:
+            return  # a custom model without a SamConfig: only checkpoint.pt describes it
         meta = {"train_step": str(self.step), "train_config": json.dumps(self.config.to_dict())}
         save_checkpoint(self.sam, self.out_dir / "model.safetensors", extra_meta=meta)
         if self.config.train.export:
