@@ -35,7 +35,9 @@ from ..masks import (
     rle_to_mask,
 )
 from ..modeling import Sam
+from ..modeling.sam import _source_extent
 from ..predictor import SamPredictor
+from .decoder import GridDecoder
 from .filters import clean_mask, crop_nms_scores, is_box_near_crop_edge, nms, stability_score
 from .grid import build_all_layer_point_grids, generate_crop_boxes, grid_points_for_crop
 
@@ -252,15 +254,11 @@ class SamAutomaticMaskGenerator:
         self.predictor.set_image(crop)
         crop_size = (int(crop.shape[0]), int(crop.shape[1]))
         points = grid_points_for_crop(self.point_grids[layer_idx], crop_box)
-        image_pe = self.model.prompt_encoder.get_dense_pe()
-        dense = self.model.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(
-            1, -1, *self.model.prompt_encoder.image_embedding_size
-        )
-        cache = self.model.mask_decoder.transformer.image_projections(self.predictor.features + dense, image_pe)
+        decoder = GridDecoder(self.model, self.predictor.features)
         parts = []
         for start in range(0, len(points), self.points_per_batch):
             batch = points[start : start + self.points_per_batch]
-            parts.append(self._process_batch(batch, crop_size, crop_box, orig_size, image_pe, dense, cache))
+            parts.append(self._process_batch(decoder, batch, crop_size, crop_box, orig_size))
         self.predictor.reset_image()
         data = MaskSet.cat(parts)
         if len(data):
@@ -272,59 +270,37 @@ class SamAutomaticMaskGenerator:
         return data
 
     def _decode(
-        self,
-        points: np.ndarray,
-        crop_size: tuple[int, int],
-        image_pe: torch.Tensor,
-        dense: torch.Tensor,
-        cache: dict[str, torch.Tensor],
+        self, decoder: GridDecoder, points: np.ndarray, crop_size: tuple[int, int]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Decoder on single-point prompts. Returns (iou_preds Bx3, prompt indices K whose
-        masks were computed, low-res logits Kx3x256x256).
-
-        Mirrors :meth:`MaskDecoder.predict_masks` with ``multimask_output=True``, except that
-        the output upscaling and the hypernetwork heads run only for prompts that have an
-        output above ``pred_iou_thresh``.
-        """
-        model = self.model
-        dec = model.mask_decoder
+        masks were computed, low-res logits Kx3x256x256): only prompts with an output above
+        ``pred_iou_thresh`` get masks (the IoU head does not look at them)."""
         coords = torch.as_tensor(self.predictor.transform.apply_coords(points, crop_size), device=self.predictor.device)
         labels = torch.ones(coords.shape[0], dtype=torch.int, device=coords.device)
-        sparse, _ = model.prompt_encoder(points=(coords[:, None, :], labels[:, None]), boxes=None, masks=None)
-        b = sparse.shape[0]
-        tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0).unsqueeze(0).expand(b, -1, -1)
-        tokens = torch.cat((tokens, sparse.to(tokens.dtype)), dim=1)
-        src = (self.predictor.features + dense).expand(b, -1, -1, -1)
-        _, c, h, w = src.shape
-        hs, src = dec.transformer(src, image_pe, tokens, image_cache=cache)
-        iou_preds = dec.iou_prediction_head(hs[:, 0, :])[:, 1:]
+        sparse, _ = self.model.prompt_encoder(points=(coords[:, None, :], labels[:, None]), boxes=None, masks=None)
+        hs, keys = decoder.transformer(sparse)
+        iou_preds = decoder.iou(hs)
         if self.pred_iou_thresh > 0.0:
             needed = (iou_preds > self.pred_iou_thresh).any(dim=1).nonzero().flatten()
         else:
-            needed = torch.arange(b)
+            needed = torch.arange(len(iou_preds))
         if len(needed) == 0:
-            return iou_preds, needed, torch.zeros(0, 3, 4 * h, 4 * w)
-        k = len(needed)
-        upscaled = dec.output_upscaling(src[needed].transpose(1, 2).reshape(k, c, h, w))
-        mask_tokens = hs[needed, 1 : 1 + dec.num_mask_tokens, :]
-        hyper_in = torch.stack(
-            [dec.output_hypernetworks_mlps[i](mask_tokens[:, i, :]) for i in range(1, dec.num_mask_tokens)], dim=1
-        )
-        _, uc, uh, uw = upscaled.shape
-        low_res = (hyper_in @ upscaled.reshape(k, uc, uh * uw)).reshape(k, -1, uh, uw)
-        return iou_preds, needed, low_res
+            return iou_preds, needed, torch.zeros(0, iou_preds.shape[1], 4 * decoder.h, 4 * decoder.w)
+        # Only the low-res rows/columns that upsampling to this crop reads are computed.
+        factor = self.model.img_size / (4 * decoder.h)
+        rows = _source_extent(self.predictor.input_size[0], 4 * decoder.h, factor)
+        cols = _source_extent(self.predictor.input_size[1], 4 * decoder.w, factor)
+        return iou_preds, needed, decoder.masks(hs[needed], keys[needed], rows, cols)
 
     def _process_batch(
         self,
+        decoder: GridDecoder,
         points: np.ndarray,
         crop_size: tuple[int, int],
         crop_box: list[int],
         orig_size: tuple[int, int],
-        image_pe: torch.Tensor,
-        dense: torch.Tensor,
-        cache: dict[str, torch.Tensor],
     ) -> MaskSet:
-        iou_all, needed, low_res = self._decode(points, crop_size, image_pe, dense, cache)
+        iou_all, needed, low_res = self._decode(decoder, points, crop_size)
         n_out = iou_all.shape[1]
         # Flatten to one row per (prompt, output), prompt-major as the reference does.
         iou = iou_all[needed].flatten()
