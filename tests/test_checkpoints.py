@@ -154,3 +154,33 @@ def test_hf_layout_converts(tmp_path, tiny_state):
     save_file({k: v.contiguous() for k, v in hf.items()}, str(path))
     model = build_model("vit_b", path, encoder_depth=2, encoder_global_attn_indexes=(1,))
     assert torch.equal(model.mask_decoder.iou_token.weight, tiny_state["mask_decoder.iou_token.weight"])
+
+
+def test_float16_safetensors_loads_back_as_float32(tmp_path):
+    """Half-precision shipping (how the default model is stored): half the bytes, fp32 model."""
+    torch.manual_seed(0)
+    model = build_model("segany_tiny")
+    full, half = tmp_path / "full.safetensors", tmp_path / "half.safetensors"
+    save_checkpoint(model, full)
+    save_checkpoint(model, half, dtype=torch.float16)
+    assert half.stat().st_size < 0.55 * full.stat().st_size
+    loaded = build_model("auto", half)
+    for (k, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert b.dtype == a.dtype, k
+        if a.is_floating_point():
+            assert torch.allclose(a, b, atol=1e-3, rtol=1e-3), k
+
+
+def test_export_safetensors_command(tmp_path, capsys):
+    from segany.cli import main
+
+    src = tmp_path / "src.safetensors"
+    torch.manual_seed(0)
+    save_checkpoint(build_model("segany_tiny"), src)
+    out = tmp_path / "out" / "half.safetensors"
+    assert main(["export", "safetensors", "--checkpoint", str(src), "--out", str(out), "--dtype", "float16", "--note", "x"]) == 0
+    assert out.is_file() and "float16" in capsys.readouterr().out
+    from safetensors import safe_open
+
+    with safe_open(str(out), "pt") as f:
+        assert f.metadata()["note"] == "x" and "segany_config" in f.metadata()

@@ -1,4 +1,5 @@
-"""``segany export onnx``: write the decoder (official ONNX signature) and/or image encoder."""
+"""``segany export onnx|safetensors``: the decoder (official ONNX signature) and/or image
+encoder as ONNX, or any checkpoint as a segany safetensors file (optionally float16)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     onnx.add_argument("--check", action="store_true", help="run the decoder once in onnxruntime and print its latency")
     onnx.set_defaults(func=run_onnx)
 
+    st = kinds.add_parser(
+        "safetensors",
+        help="any checkpoint (official .pth, HF, segany) -> segany .safetensors with its config embedded",
+        description="Writes a file `--checkpoint` and `--model-type auto` read without further options. "
+        "--dtype float16 halves the size (how segany ships its default model); loading casts back to float32.",
+    )
+    add_model_args(st)
+    st.add_argument("--out", required=True, help="output .safetensors path (written atomically)")
+    st.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
+    st.add_argument("--note", default=None, help="free text stored in the file's metadata (e.g. provenance)")
+    st.set_defaults(func=run_safetensors)
+
 
 def run_onnx(args: argparse.Namespace) -> int:
     from ..export.onnx import export_decoder, export_encoder
@@ -60,6 +73,22 @@ def run_onnx(args: argparse.Namespace) -> int:
         print(f"encoder: {enc} ({enc.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - t0:.1f} s)")
     if args.check:
         print(f"onnxruntime decoder latency: {_check_latency(Path(out)):.1f} ms (median of 20, 1 thread)")
+    return 0
+
+
+def run_safetensors(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..modeling.registry import save_checkpoint
+
+    args.device = "cpu"
+    model = load_model_from_args(args)
+    dtype = getattr(torch, args.dtype)
+    meta = {"note": args.note} if args.note else None
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(model, out, extra_meta=meta, dtype=None if dtype == torch.float32 else dtype)
+    print(f"{out} ({out.stat().st_size / 1e6:.1f} MB, {args.dtype})")
     return 0
 
 

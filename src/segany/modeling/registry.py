@@ -324,8 +324,17 @@ def load_into(
     model.load_state_dict(state, strict=False)
 
 
-def save_checkpoint(model: Sam, path: str | os.PathLike, extra_meta: dict[str, str] | None = None) -> None:
-    """Write a segany ``.safetensors`` checkpoint atomically, with its config as metadata."""
+def save_checkpoint(
+    model: Sam,
+    path: str | os.PathLike,
+    extra_meta: dict[str, str] | None = None,
+    dtype: torch.dtype | None = None,
+) -> None:
+    """Write a segany ``.safetensors`` checkpoint atomically, with its config as metadata.
+
+    ``dtype`` (e.g. ``torch.float16``) stores the floating-point tensors in that type: half the
+    size for shipping; loading casts them back to the model's dtype.
+    """
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -334,6 +343,8 @@ def save_checkpoint(model: Sam, path: str | os.PathLike, extra_meta: dict[str, s
     if extra_meta:
         meta.update({k: str(v) for k, v in extra_meta.items()})
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     tmp = path.with_name(path.name + ".tmp")
     save_file(state, str(tmp), metadata=meta)
     os.replace(tmp, path)

@@ -1,0 +1,28 @@
+"""Every shipped example training config parses and describes a buildable model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from segany.modeling.registry import MODEL_CONFIGS
+from segany.train.loop import TrainConfig
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "src" / "segany" / "configs").glob("*.yaml"))
+
+
+def test_there_are_example_configs() -> None:
+    assert {p.stem for p in CONFIGS} >= {"segany_tiny_cpu", "finetune_vit_b", "sam_paper_vit_h"}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_config_parses(path: Path) -> None:
+    cfg = TrainConfig.load(path)
+    assert cfg.model.type in MODEL_CONFIGS
+    assert cfg.train.steps > 0 and cfg.optim.lr > 0
+    assert all(0 < s <= cfg.train.steps for s in cfg.optim.decay_steps)
+    assert cfg.optim.warmup_steps < cfg.train.steps
+    assert cfg.data.roots, "a config must name its data"
+    # 1 first prompt + num_point_iters error points + 2 no-new-point iterations
+    assert cfg.prompts.num_point_iters >= 1
