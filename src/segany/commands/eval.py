@@ -1,4 +1,4 @@
-"""``segany eval points | edges | proposals | instances | fairness``: the paper's zero-shot experiments.
+"""``segany eval points | prompts | edges | proposals | instances | fairness``: the zero-shot experiments.
 
 Each sub-command evaluates a model (``--checkpoint/--model-type``, default: the shipped
 segany model) on the eval splits of the project's data, shows a progress bar, uses fixed
@@ -44,6 +44,38 @@ def register(subparsers: Any) -> None:
     p.add_argument("--max-clicks", type=int, default=20, help="NoC cap (default 20)")
     p.set_defaults(func=run_points)
 
+    p = sub.add_parser("prompts", help="box / 1-point / 5-click mIoU next to GrabCut and box-fill baselines")
+    _add_common(p, "eval_prompts")
+    p.add_argument(
+        "--datasets",
+        nargs="+",
+        default=["grabcut", "coco_tiny", "dsb2018", "cvppp_a1"],
+        help="as for `eval points`",
+    )
+    p.add_argument(
+        "--baselines",
+        nargs="+",
+        default=["grabcut", "box_fill"],
+        choices=("grabcut", "box_fill", "none"),
+        help="classical baselines scored on the same objects (default: grabcut box_fill; 'none' = model only)",
+    )
+    p.add_argument("--grabcut-iters", type=int, default=5, help="GrabCut iterations (default 5)")
+    p.add_argument(
+        "--grabcut-box-context",
+        type=_grabcut_context,
+        default=None,
+        help="where box GrabCut runs: 'whole' image (default, the classic method) or the box grown by this "
+        "many times its longer side (faster on small objects, weaker)",
+    )
+    p.add_argument(
+        "--grabcut-click-context",
+        type=_grabcut_context,
+        default=1.0,
+        help="where click GrabCut runs: the clicked region grown by this many times its longer side "
+        "(default 1.0) or 'whole'",
+    )
+    p.set_defaults(func=run_prompts)
+
     p = sub.add_parser("edges", help="BSDS500 edge detection ODS/OIS/AP/R50 with Canny/Sobel baselines (7.2 / D.2)")
     _add_common(p, "eval_edges")
     p.add_argument("--split", default="test", help="BSDS500 split (default test, the benchmark's eval split)")
@@ -75,6 +107,19 @@ def register(subparsers: Any) -> None:
     p.add_argument("--first-click", choices=("center", "random"), default="random", help="the paper uses random")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
     p.set_defaults(func=run_fairness)
+
+
+def _grabcut_context(text: str) -> float | None:
+    """``--grabcut-*-context``: a margin factor >= 0, or 'whole' (None) for the whole image."""
+    if text.strip().lower() == "whole":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0 or 'whole', got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0 or 'whole', got {text!r}")
+    return value
 
 
 def _setup(args: argparse.Namespace) -> tuple[Any, dict[str, Any], str]:
@@ -120,6 +165,35 @@ def run_points(args: argparse.Namespace) -> int:
     )
     m = res["mean"]["top"]
     return _done(Path(args.out), f"mean mIoU@1 {100 * m['mIoU']['1']:.1f}  @9 {100 * m['mIoU']['9']:.1f}  NoC@90 {m['NoC@90']:.2f}")
+
+
+def run_prompts(args: argparse.Namespace) -> int:
+    import cv2
+
+    from ..eval import prompts
+    from ..predictor import SamPredictor
+
+    if "none" in args.baselines and len(args.baselines) > 1:
+        raise ValueError("--baselines none cannot be combined with other baselines")
+    baselines = [b for b in args.baselines if b != "none"]
+    data = _load_datasets(args.datasets, args)
+    model, info, command = _setup(args)
+    cv2.setNumThreads(max(1, args.threads))
+    res = prompts.run(
+        SamPredictor(model), data, Path(args.out), info, command, baselines=baselines,
+        grabcut_iters=args.grabcut_iters, grabcut_box_context=args.grabcut_box_context,
+        grabcut_click_context=args.grabcut_click_context, seed=args.seed,
+        show_progress=not args.no_progress,
+    )
+    m = res["mean"]["mIoU"]
+    line = "  ".join(
+        f"{head} {100 * m[key]:.1f}" for key, head in (
+            ("model_box", "model box"), ("grabcut_box", "GrabCut box"), ("model_1pt", "model 1pt"),
+            ("grabcut_1pt", "GrabCut 1pt"), (f"model_{prompts.N_CLICKS}clicks", f"model {prompts.N_CLICKS}clk"),
+            (f"grabcut_{prompts.N_CLICKS}clicks", f"GrabCut {prompts.N_CLICKS}clk"),
+        ) if m[key] is not None
+    )
+    return _done(Path(args.out), "mean mIoU: " + line)
 
 
 def run_edges(args: argparse.Namespace) -> int:

@@ -1,0 +1,496 @@
+"""Single-prompt and few-click mask quality, model next to classical baselines (``segany eval prompts``).
+
+For every ground-truth object of each data set, on the same objects and with the same IoU
+code (ignore regions such as GrabCut's 128 band and COCO crowds excluded):
+
+- **model, box**: the GT mask's tight XYXY box, single-mask output (``multimask_output=False``,
+  as the paper's box-prompt experiments);
+- **model, 1 point / 5 clicks**: exactly :func:`segany.eval.points.simulate_image` with a centre
+  first click (the "top" track: the most confident of 3 masks at click 1, single-mask output
+  with the previous low-res logits afterwards), so these numbers equal ``segany eval points``'
+  mIoU@1 / mIoU@5 on the same images;
+- **GrabCut, box**: :func:`segany.eval.classical.grabcut_box` on the same box;
+- **GrabCut, 1 point / 5 clicks**: :func:`segany.eval.classical.grabcut_clicks` under the same
+  click protocol (the same centre click, then clicks at the deepest error of GrabCut's *own*
+  previous mask, :mod:`segany.eval.clicks`), each step seeded with its previous mask;
+- **box fill**: the box itself, the floor for box prompts.
+
+The means per data set and over data sets are mIoU (the mean of per-object IoUs; an object
+whose prediction became perfect keeps its IoU for the remaining clicks, as in ``eval points``).
+All objects of an image share one image embedding: the click simulation and the batched box
+prompts run on one encoder pass.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..predictor import SamPredictor
+from . import classical, clicks, points, report
+from .datasets import EvalImage, EvalObjects
+
+N_CLICKS = 5  # the report's "few clicks"; per-object traces keep every click up to here
+BASELINES = ("grabcut", "box_fill")
+COLUMNS = (  # (key, table header); the report's column order
+    ("model_box", "model box"),
+    ("grabcut_box", "GrabCut box"),
+    ("box_fill", "box fill"),
+    ("model_1pt", "model 1 pt"),
+    ("grabcut_1pt", "GrabCut 1 pt"),
+    (f"model_{N_CLICKS}clicks", f"model {N_CLICKS} clicks"),
+    (f"grabcut_{N_CLICKS}clicks", f"GrabCut {N_CLICKS} clicks"),
+)
+_COLUMN_SOURCE = {"grabcut_box": "grabcut", "grabcut_1pt": "grabcut", f"grabcut_{N_CLICKS}clicks": "grabcut", "box_fill": "box_fill"}
+
+
+@dataclass
+class ObjectResult:
+    """IoUs of every method on one object (None: baseline not run)."""
+
+    meta: dict[str, Any]
+    box: list[int]
+    model_box: float
+    model_clicks: list[float]  # "top" track, IoU after clicks 1..n (shorter if perfect earlier)
+    model_oracle_1pt: float
+    grabcut_box: float | None = None
+    box_fill: float | None = None
+    grabcut_clicks: list[float] | None = None
+
+    def columns(self) -> dict[str, float | None]:
+        """This object's value for each report column."""
+        gc = self.grabcut_clicks
+        return {
+            "model_box": self.model_box,
+            "grabcut_box": self.grabcut_box,
+            "box_fill": self.box_fill,
+            "model_1pt": _at(self.model_clicks, 1),
+            "grabcut_1pt": None if gc is None else _at(gc, 1),
+            f"model_{N_CLICKS}clicks": _at(self.model_clicks, N_CLICKS),
+            f"grabcut_{N_CLICKS}clicks": None if gc is None else _at(gc, N_CLICKS),
+        }
+
+
+def _at(trace: Sequence[float], n: int) -> float:
+    """IoU after ``n`` clicks; the last one reached when the simulation stopped early (no error left)."""
+    return float(trace[min(n, len(trace)) - 1])
+
+
+def tight_box(mask: np.ndarray) -> np.ndarray:
+    """XYXY tight box of a non-empty mask, last row/column inclusive (SAM's convention for boxes from masks)."""
+    ys, xs = np.nonzero(mask)
+    if ys.size == 0:
+        raise ValueError("cannot take the box of an empty mask")
+    return np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=np.int64)
+
+
+class _SharedEmbedding:
+    """A predictor whose image is already set, presented to :func:`points.simulate_image`.
+
+    ``simulate_image`` embeds the image itself and forgets it when done. Through this view its
+    ``set_image`` / ``reset_image`` do nothing, so the click simulation and the box prompts of an
+    image share one encoder pass (by far the most expensive step), while the simulation code
+    itself, and therefore its numbers, stay exactly those of ``segany eval points``.
+    """
+
+    def __init__(self, predictor: SamPredictor) -> None:
+        self._predictor = predictor
+
+    def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
+        p = self._predictor
+        if not p.is_image_set or (p.orig_h, p.orig_w) != tuple(image.shape[:2]):
+            raise RuntimeError("the shared predictor must already hold this image's embedding")
+
+    def reset_image(self) -> None:
+        """Keep the embedding: the caller resets the real predictor when the image is done."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._predictor, name)
+
+
+def model_box_ious(
+    predictor: SamPredictor,
+    boxes: np.ndarray,
+    gts: Sequence[np.ndarray],
+    ignore: np.ndarray | None,
+    keep: int | None = None,
+    chunk: int = 32,
+) -> tuple[list[float], np.ndarray | None]:
+    """IoU of the model's single-mask answer to each XYXY box (image already set), and the mask of object ``keep``.
+
+    Masks are scored chunk by chunk and dropped, so crowded images (hundreds of nuclei) never
+    hold all full-size masks at once.
+    """
+    size = (int(predictor.orig_h), int(predictor.orig_w))
+    ious: list[float] = []
+    kept = None
+    for s in range(0, len(boxes), chunk):
+        b = torch.as_tensor(predictor.transform.apply_boxes(boxes[s : s + chunk], size), dtype=torch.float, device=predictor.device)
+        with torch.no_grad():
+            masks, _, _ = predictor.predict_torch(None, None, boxes=b, multimask_output=False)
+        m = masks[:, 0].cpu().numpy()
+        for j in range(m.shape[0]):
+            ious.append(clicks.iou(m[j], gts[s + j], ignore))
+            if keep == s + j:
+                kept = m[j]
+    return ious, kept
+
+
+def grabcut_click_trace(
+    image: np.ndarray,
+    gt: np.ndarray,
+    ignore: np.ndarray | None,
+    n_clicks: int = N_CLICKS,
+    iters: int = classical.ITERATIONS,
+    context: float | None = classical.CLICK_CONTEXT,
+    seed: int = 0,
+) -> list[float]:
+    """IoU after each of up to ``n_clicks`` clicks of click-driven GrabCut under the model's click protocol.
+
+    The first click is the model's (the GT centre); every later one goes to the deepest error
+    of GrabCut's own previous mask, so the baseline is corrected for its own mistakes, as a
+    user would. The trace ends early when the mask has no error left (its IoU then stands).
+    """
+    x, y = clicks.center_click(gt, ignore)
+    pts: list[tuple[int, int]] = [(x, y)]
+    labs = [1]
+    mask = classical.grabcut_clicks(image, pts, labs, None, iters=iters, context=context, seed=seed)
+    ious = [clicks.iou(mask, gt, ignore)]
+    for _ in range(1, n_clicks):
+        nxt = clicks.next_click(mask, gt, ignore)
+        if nxt is None:
+            break
+        pts.append((nxt[0], nxt[1]))
+        labs.append(int(nxt[2]))
+        mask = classical.grabcut_clicks(image, pts, labs, mask, iters=iters, context=context, seed=seed)
+        ious.append(clicks.iou(mask, gt, ignore))
+    return ious
+
+
+def evaluate_image(
+    predictor: SamPredictor,
+    image: np.ndarray,
+    objects: EvalObjects,
+    baselines: Sequence[str] = BASELINES,
+    grabcut_iters: int = classical.ITERATIONS,
+    grabcut_box_context: float | None = classical.BOX_CONTEXT,
+    grabcut_click_context: float | None = classical.CLICK_CONTEXT,
+    seed: int = 0,
+    keep_example: bool = False,
+    timing: dict[str, float] | None = None,
+) -> tuple[list[ObjectResult], dict[str, Any] | None]:
+    """Every method on every object of one image.
+
+    Returns:
+        (results, example): example (when ``keep_example``) holds the largest object's GT,
+        box and the model's and GrabCut's box masks, for the report's figure.
+    """
+    timing = timing if timing is not None else {}
+    gts, ignore = objects.masks, objects.ignore
+    boxes = np.stack([tight_box(g) for g in gts])
+    ex_idx = int(np.argmax([int(g.sum()) for g in gts])) if keep_example else None
+
+    t = time.perf_counter()
+    predictor.set_image(image)
+    try:
+        # the click simulation first, so it runs exactly as in `eval points` (same decoder state)
+        traces, _ = points.simulate_image(
+            cast(SamPredictor, _SharedEmbedding(predictor)), image, objects, "center", max_clicks=N_CLICKS
+        )
+        box_ious, ex_model = model_box_ious(predictor, boxes, gts, ignore, keep=ex_idx)
+    finally:
+        predictor.reset_image()
+    timing["model"] = timing.get("model", 0.0) + time.perf_counter() - t
+
+    results = [
+        ObjectResult(
+            meta=tr.meta,
+            box=[int(v) for v in boxes[i]],
+            model_box=box_ious[i],
+            model_clicks=list(tr.ious["top"]),
+            model_oracle_1pt=tr.ious["oracle"][0],
+        )
+        for i, tr in enumerate(traces)
+    ]
+    ex_grabcut = None
+    for i, r in enumerate(results):
+        if "box_fill" in baselines:
+            r.box_fill = clicks.iou(classical.box_fill(image, boxes[i]), gts[i], ignore)
+        if "grabcut" in baselines:
+            t = time.perf_counter()
+            m = classical.grabcut_box(image, boxes[i], grabcut_iters, grabcut_box_context, seed)
+            r.grabcut_box = clicks.iou(m, gts[i], ignore)
+            if i == ex_idx:
+                ex_grabcut = m
+            t2 = time.perf_counter()
+            r.grabcut_clicks = grabcut_click_trace(
+                image, gts[i], ignore, N_CLICKS, grabcut_iters, grabcut_click_context, seed
+            )
+            timing["grabcut_box"] = timing.get("grabcut_box", 0.0) + t2 - t
+            timing["grabcut_clicks"] = timing.get("grabcut_clicks", 0.0) + time.perf_counter() - t2
+    example = None
+    if ex_idx is not None:
+        r = results[ex_idx]
+        example = {
+            "image": image, "gt": gts[ex_idx], "ignore": ignore, "box": boxes[ex_idx], "meta": r.meta,
+            "model": ex_model, "model_iou": r.model_box, "grabcut": ex_grabcut, "grabcut_iou": r.grabcut_box,
+        }
+    return results, example
+
+
+def evaluate_dataset(
+    predictor: SamPredictor,
+    images: Sequence[EvalImage],
+    baselines: Sequence[str] = BASELINES,
+    grabcut_iters: int = classical.ITERATIONS,
+    grabcut_box_context: float | None = classical.BOX_CONTEXT,
+    grabcut_click_context: float | None = classical.CLICK_CONTEXT,
+    seed: int = 0,
+    progress: Callable[[int], None] | None = None,
+    timing: dict[str, float] | None = None,
+) -> tuple[list[ObjectResult], dict[str, Any] | None]:
+    """All objects of all ``images``; the example comes from the first image that has objects."""
+    results: list[ObjectResult] = []
+    example = None
+    for im in images:
+        objs = im.objects()
+        if objs.masks:
+            pixels = im.image()
+            for m in objs.masks:
+                if m.shape != pixels.shape[:2]:
+                    raise ValueError(f"{im.dataset}/{im.image_id}: mask {m.shape} does not match image {pixels.shape[:2]}")
+            res, ex = evaluate_image(
+                predictor, pixels, objs, baselines, grabcut_iters, grabcut_box_context, grabcut_click_context, seed,
+                example is None, timing,
+            )
+            results.extend(res)
+            example = example if example is not None else ex
+        if progress is not None:
+            progress(1)
+    return results, example
+
+
+def summarize(results: Sequence[ObjectResult]) -> dict[str, Any]:
+    """mIoU per column (None for baselines not run), the click curves 1..N_CLICKS and the oracle@1."""
+    cols = [r.columns() for r in results]
+    miou: dict[str, float | None] = {}
+    for key, _ in COLUMNS:
+        vals = [c[key] for c in cols]
+        miou[key] = None if any(v is None for v in vals) else float(np.mean(vals))
+    curves: dict[str, dict[str, float]] = {
+        "model": {str(n): float(np.mean([_at(r.model_clicks, n) for r in results])) for n in range(1, N_CLICKS + 1)}
+    }
+    if all(r.grabcut_clicks is not None for r in results):
+        curves["grabcut"] = {
+            str(n): float(np.mean([_at(cast(list[float], r.grabcut_clicks), n) for r in results]))
+            for n in range(1, N_CLICKS + 1)
+        }
+    return {
+        "objects": len(results),
+        "mIoU": miou,
+        "mIoU_vs_clicks": curves,
+        "model_oracle_1pt": float(np.mean([r.model_oracle_1pt for r in results])),
+    }
+
+
+# --------------------------------------------------------------------------- report
+def _where(context: float | None, region: str) -> str:
+    """Where GrabCut ran, in words, for the report."""
+    if context is None:
+        return "on the whole image"
+    return f"on {region} grown by {context:g} x its longer side (>= {classical.MIN_MARGIN} px)"
+
+
+def _active_columns(baselines: Sequence[str]) -> list[tuple[str, str]]:
+    return [(k, h) for k, h in COLUMNS if k not in _COLUMN_SOURCE or _COLUMN_SOURCE[k] in baselines]
+
+
+def _plot_bars(rows: dict[str, dict[str, Any]], columns: Sequence[tuple[str, str]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(rows)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(names) + 2), 4))
+    width = 0.8 / len(columns)
+    x = np.arange(len(names))
+    for j, (key, head) in enumerate(columns):
+        vals = [100 * (rows[n]["mIoU"][key] or 0.0) for n in names]
+        # colour = method, hatch = prompt, so each model bar sits next to its baseline twin
+        color = "C0" if key.startswith("model") else ("C1" if key.startswith("grabcut") else "0.6")
+        hatch = "" if key.endswith("box") or key == "box_fill" else (".." if key.endswith("1pt") else "//")
+        ax.bar(x - 0.4 + width * (j + 0.5), vals, width, label=head, color=color, hatch=hatch, edgecolor="white")
+    ax.set_xticks(x)
+    ax.set_xticklabels(names)
+    ax.set_ylabel("mIoU (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    report.save_figure(fig, path)
+
+
+def _label(panel: np.ndarray, text: str) -> None:
+    import cv2
+
+    for color, thick in (((0, 0, 0), 3), ((255, 255, 255), 1)):
+        cv2.putText(panel, text, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, color, thick, cv2.LINE_AA)
+
+
+def _example_png(ex: dict[str, Any], path: Path) -> None:
+    """Image with the box, GT, the model's and GrabCut's box results, cropped around the object."""
+    import cv2
+
+    img, gt = ex["image"], ex["gt"]
+    h, w = img.shape[:2]
+    x0, y0, x1, y1 = (int(v) for v in ex["box"])
+    m = max(32, max(x1 - x0, y1 - y0))
+    cx0, cy0, cx1, cy1 = max(0, x0 - m), max(0, y0 - m), min(w, x1 + m + 1), min(h, y1 + m + 1)
+    scale = max(1, int(np.ceil(256 / max(cx1 - cx0, cy1 - cy0))))
+
+    def crop(a: np.ndarray) -> np.ndarray:
+        a = a[cy0:cy1, cx0:cx1]
+        return np.repeat(np.repeat(a, scale, axis=0), scale, axis=1)
+
+    def with_box(p: np.ndarray) -> np.ndarray:
+        cv2.rectangle(p, ((x0 - cx0) * scale, (y0 - cy0) * scale), ((x1 - cx0 + 1) * scale - 1, (y1 - cy0 + 1) * scale - 1), (0, 200, 0), 1)
+        return p
+
+    base = crop(img).copy()
+    panels = [with_box(base.copy())]
+    _label(panels[0], "image + box")
+    g = report.overlay(base, crop(gt), color=(255, 215, 0))
+    if ex["ignore"] is not None:
+        g[crop(ex["ignore"])] = (g[crop(ex["ignore"])] * 0.5 + 64).astype(np.uint8)
+    _label(g, "ground truth")
+    panels.append(g)
+    for key, name in (("model", "model"), ("grabcut", "GrabCut")):
+        if ex[key] is None:
+            continue
+        p = with_box(report.overlay(base, crop(ex[key])))
+        _label(p, f"{name} box: IoU {ex[f'{key}_iou']:.2f}")
+        panels.append(p)
+    report.save_image(path, np.concatenate(panels, axis=1))
+
+
+def run(
+    predictor: SamPredictor,
+    datasets: dict[str, Sequence[EvalImage]],
+    out_dir: Path,
+    model_info: dict[str, Any],
+    command: str,
+    baselines: Sequence[str] = BASELINES,
+    grabcut_iters: int = classical.ITERATIONS,
+    grabcut_box_context: float | None = classical.BOX_CONTEXT,
+    grabcut_click_context: float | None = classical.CLICK_CONTEXT,
+    seed: int = 0,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate every data set; write ``report.json``, ``report.md``, ``miou_by_prompt.png`` and ``example_<set>.png``."""
+    unknown = sorted(set(baselines) - set(BASELINES))
+    if unknown:
+        raise ValueError(f"unknown baseline(s) {unknown}; choose from {list(BASELINES)}")
+    if grabcut_iters < 1:
+        raise ValueError(f"--grabcut-iters must be >= 1, got {grabcut_iters}")
+    for opt, ctx in (("box", grabcut_box_context), ("click", grabcut_click_context)):
+        if ctx is not None and not 0 <= ctx < float("inf"):
+            raise ValueError(f"--grabcut-{opt}-context must be a number >= 0 or 'whole', got {ctx}")
+    out_dir = Path(out_dir)
+    t0 = time.time()
+    per_dataset: dict[str, dict[str, Any]] = {}
+    per_object: dict[str, list[dict[str, Any]]] = {}
+    timing: dict[str, float] = {}
+    total = sum(len(v) for v in datasets.values())
+    with tqdm(total=total, desc="eval prompts", unit="img", disable=not show_progress) as bar:
+        for name, images in datasets.items():
+            bar.set_postfix_str(name)
+            results, example = evaluate_dataset(
+                predictor, images, baselines, grabcut_iters, grabcut_box_context, grabcut_click_context, seed,
+                bar.update, timing,
+            )
+            if not results:
+                raise ValueError(f"data set {name} has no objects to evaluate")
+            per_dataset[name] = {"images": len(images), **summarize(results)}
+            per_object[name] = [
+                {"meta": r.meta, "box_xyxy": r.box, "model_box": r.model_box, "model_clicks": r.model_clicks,
+                 "model_oracle_1pt": r.model_oracle_1pt, "grabcut_box": r.grabcut_box, "box_fill": r.box_fill,
+                 "grabcut_clicks": r.grabcut_clicks}
+                for r in results
+            ]
+            if example is not None:
+                _example_png(example, out_dir / f"example_{name}.png")
+    columns = _active_columns(baselines)
+    mean: dict[str, Any] = {
+        "mIoU": {
+            k: (None if any(r["mIoU"][k] is None for r in per_dataset.values())
+                else float(np.mean([r["mIoU"][k] for r in per_dataset.values()])))
+            for k, _ in COLUMNS
+        }
+    }
+    seconds = time.time() - t0
+    settings = {
+        "clicks": N_CLICKS,
+        "first_click": "center",
+        "box": "tight XYXY box of the ground-truth mask (last row/column inclusive)",
+        "model_box_multimask": False,
+        "model_clicks": "segany.eval.points.simulate_image, 'top' track",
+        "baselines": list(baselines),
+        "grabcut_iters": grabcut_iters,
+        "grabcut_box_context": "whole image" if grabcut_box_context is None else grabcut_box_context,
+        "grabcut_click_context": "whole image" if grabcut_click_context is None else grabcut_click_context,
+        "grabcut_min_margin_px": classical.MIN_MARGIN,
+        "grabcut_click_radius_px": classical.CLICK_RADIUS,
+        "grabcut_first_window": classical.FIRST_WINDOW,
+        "seed": seed,
+    }
+    result = {
+        "experiment": "prompts",
+        "model": model_info,
+        "settings": settings,
+        "columns": {k: h for k, h in columns},
+        "datasets": per_dataset,
+        "mean": mean,
+        "seconds": seconds,
+        "timing_seconds": timing,
+        "per_object": per_object,
+    }
+    rows = {**per_dataset, "mean": mean}
+    _plot_bars(rows, columns, out_dir / "miou_by_prompt.png", "single prompt and few clicks: model vs classical")
+    md = report.header_markdown("Single-prompt and few-click mIoU: model vs classical baselines", model_info, command, seconds)
+    md += (
+        f"Same objects, same IoU code for every column. Box = the ground-truth mask's tight box; 1 pt = "
+        f"the mask centre; {N_CLICKS} clicks = centre, then each click at the deepest error of the "
+        f"method's own previous mask. GrabCut: OpenCV, {grabcut_iters} iterations; box: "
+        f"{_where(grabcut_box_context, 'the box')}; clicks: {classical.CLICK_RADIUS}-px seed disks, "
+        f"first-click prior a square of {classical.FIRST_WINDOW:g} x the shorter image side, "
+        f"{_where(grabcut_click_context, 'the clicked region')}.\n\n"
+    )
+    header = ["data set", "images", "objects"] + [h for _, h in COLUMNS]
+    table = []
+    for name, r in rows.items():
+        table.append(
+            [name, r.get("images", ""), r.get("objects", "")]
+            + [None if r["mIoU"][k] is None else 100 * r["mIoU"][k] for k, _ in COLUMNS]
+        )
+    md += report.markdown_table(header, table, digits=1)
+    md += (
+        "\nmIoU in %; mean = unweighted mean over data sets; '-' = baseline not run. Model 1 pt = the most "
+        f"confident of 3 masks; model 1 pt / {N_CLICKS} clicks equal `segany eval points`' mIoU@1 / "
+        f"mIoU@{N_CLICKS} (first click centre). Ignored: GrabCut's unknown band, COCO crowd regions.\n\n"
+    )
+    md += "![mIoU by prompt](miou_by_prompt.png)\n\n"
+    for name in per_dataset:
+        if (out_dir / f"example_{name}.png").exists():
+            md += f"![{name} example](example_{name}.png)\n"
+    md += "\nExamples: the largest object of the first image, box prompt; yellow = ground truth (grey = ignored).\n"
+    report.write_json(out_dir / "report.json", result)
+    report.write_text(out_dir / "report.md", md)
+    return result
