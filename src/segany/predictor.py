@@ -96,6 +96,10 @@ class SamPredictor:
         )
 
     def _set_state(self, state: ImageState) -> None:
+        # One memory layout whatever the source (encoder output, batch slice, embedding file):
+        # the decoder's matmuls then round identically, so a loaded embedding reproduces
+        # predictions bit for bit.
+        state.features = state.features.contiguous()
         self._state = state
         self.features = state.features
         self.original_size = state.original_size
