@@ -21,7 +21,7 @@ def test_config_parses(path: Path) -> None:
     cfg = TrainConfig.load(path)
     assert cfg.model.type in MODEL_CONFIGS
     assert cfg.train.steps > 0 and cfg.optim.lr > 0
-    assert all(0 < s <= cfg.train.steps for s in cfg.optim.decay_steps)
+    assert all(s > 0 for s in cfg.optim.decay_steps)  # a stage config may stop before its decays
     assert cfg.optim.warmup_steps < cfg.train.steps
     assert cfg.data.roots, "a config must name its data"
     # 1 first prompt + num_point_iters error points + 2 no-new-point iterations

@@ -151,6 +151,14 @@ def test_schedule_has_11_iterations_with_two_silent_ones():
     assert slots == set(range(9))  # the inserted silent iteration can fall anywhere among the 8
 
 
+def test_schedule_variants_for_cheaper_stages():
+    assert iteration_schedule(2, _gen(0), no_point_iters=1) == [True, True, False]
+    assert iteration_schedule(0, _gen(0), no_point_iters=0) == []  # first prompt only
+    assert iteration_schedule(3, _gen(0), no_point_iters=0) == [True, True, True]
+    with pytest.raises(ValueError):
+        iteration_schedule(2, _gen(0), no_point_iters=3)
+
+
 def test_tokens_match_the_prompt_encoder(tiny_sam):
     pe = tiny_sam.prompt_encoder
     pts = torch.tensor([[[10.0, 20.0]], [[50.0, 3.0]]])

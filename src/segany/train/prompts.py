@@ -40,6 +40,7 @@ class PromptConfig:
     """Knobs of the simulation; the defaults are the paper's."""
 
     num_point_iters: int = 8  # iterations that add an error-region point
+    no_point_iters: int = 2  # mask-feedback-only iterations: 2 = the paper's (one random, one last), 1 = last only, 0 = none
     box_prob: float = 0.5  # probability that the first prompt is a box
     box_noise_frac: float = 0.1  # noise std as a fraction of the box side ...
     box_noise_max_px: float = 20.0  # ... capped at this many pixels of a 1024-px frame
@@ -58,17 +59,22 @@ class IterationOutput:
     added_point: bool
 
 
-def iteration_schedule(num_point_iters: int, generator: torch.Generator) -> list[bool]:
+def iteration_schedule(num_point_iters: int, generator: torch.Generator, no_point_iters: int = 2) -> list[bool]:
     """For the iterations after the first: True where a new point is added.
 
     ``num_point_iters`` True entries, one False inserted at a random place among them (it
     may come before any point is added) and one False at the end: ``num_point_iters + 2``
     entries, 10 with the paper's 8, i.e. 11 iterations with the first prompt.
+    ``no_point_iters`` 1 keeps only the last False, 0 none (e.g. ``0, 0``: first prompt only,
+    a cheap curriculum stage for training from scratch).
     """
-    slot = int(torch.randint(0, num_point_iters + 1, (1,), generator=generator))
+    if no_point_iters not in (0, 1, 2):
+        raise ValueError(f"no_point_iters must be 0, 1 or 2, got {no_point_iters}")
     schedule = [True] * num_point_iters
-    schedule.insert(slot, False)
-    return schedule + [False]
+    if no_point_iters == 2:
+        slot = int(torch.randint(0, num_point_iters + 1, (1,), generator=generator))
+        schedule.insert(slot, False)
+    return schedule + [False] * min(no_point_iters, 1)
 
 
 def sample_points(region: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -201,7 +207,8 @@ def simulate_episode(
     generator: torch.Generator,
     config: PromptConfig = PromptConfig(),
 ) -> list[IterationOutput]:
-    """Run the 11-iteration episode for M masks and return every iteration's outputs.
+    """Run the episode (11 iterations with the paper's settings) for M masks and return every
+    iteration's outputs.
 
     Args:
         image_embeddings: BxCx64x64 (gradients flow into them from every iteration).
@@ -215,7 +222,7 @@ def simulate_episode(
     dense_pe = pe_layer.get_dense_pe()
     emb = image_embeddings[embedding_index]
     coords, labels = first_prompts(gt_masks, image_sizes, config, generator)
-    schedule = [True, *iteration_schedule(config.num_point_iters, generator)]  # first = the initial prompt
+    schedule = [True, *iteration_schedule(config.num_point_iters, generator, config.no_point_iters)]  # first = the initial prompt
     outputs: list[IterationOutput] = []
     feedback: torch.Tensor | None = None
     single_prompt = True
