@@ -198,3 +198,14 @@ def test_dataset_jitter(sa1b_folder):
         assert s.masks.shape[1:] == (64, 64) and s.masks.flatten(1).any(1).all()
         sizes.add((h, w))
     assert len(sizes) > 5
+
+
+def test_dataset_drops_small_masks(sa1b_folder, tmp_path):
+    # the 10 small rectangles cover 24 px of 3200 (0.75%); one larger mask is added
+    img = _image(tmp_path / "b.png", 40, 80)
+    masks = [_rect(40, 80, 2 * k, 2 * k + 4, 5 * k, 5 * k + 6) for k in range(10)] + [_rect(40, 80, 0, 20, 0, 20)]
+    write_record(tmp_path / "sb", 1, img, masks, (40, 80))
+    ds = SA1BDataset([tmp_path / "sb"], img_size=64, max_masks=64, min_area_frac=0.01)
+    s = ds.load(0, np.random.default_rng(0))
+    assert len(s.masks) == 1 and s.masks[0].float().mean() > 0.05
+    assert len(SA1BDataset([tmp_path / "sb"], img_size=64, max_masks=64).load(0, np.random.default_rng(0)).masks) == 11

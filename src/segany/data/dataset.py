@@ -52,6 +52,8 @@ class SA1BDataset(Dataset):
         img_size: the encoder's square input side (512 for segany_tiny, 1024 for ViTs).
         max_masks: masks sampled per image (without replacement).
         max_area_frac: masks covering more than this fraction of the image are dropped.
+        min_area_frac: masks covering less than this fraction are dropped (0 = keep all). Short
+            from-scratch runs use it: tiny masks make "all background" a near-optimal answer.
         jitter: large-scale jitter scale range, e.g. ``(0.1, 2.0)``; None disables it.
     """
 
@@ -63,6 +65,7 @@ class SA1BDataset(Dataset):
         max_area_frac: float = 0.9,
         jitter: tuple[float, float] | None = None,
         seed: int = 0,
+        min_area_frac: float = 0.0,
     ) -> None:
         if max_masks < 1:
             raise ValueError(f"max_masks must be >= 1 (got {max_masks})")
@@ -73,6 +76,7 @@ class SA1BDataset(Dataset):
         self.img_size = int(img_size)
         self.max_masks = int(max_masks)
         self.max_area_frac = float(max_area_frac)
+        self.min_area_frac = float(min_area_frac)
         self.jitter = tuple(jitter) if jitter is not None else None
         self.seed = seed
         self._cache: dict[Path, SA1BRecord] = {}
@@ -98,12 +102,14 @@ class SA1BDataset(Dataset):
             raise SA1BError(f"{rec.image_path} is {w0}x{h0}, its JSON says {rec.width}x{rec.height}")
         keep = [
             k for k, a in enumerate(rec.annotations)
-            if 0 < float(a.get("area", 1)) <= self.max_area_frac * h0 * w0
+            if max(0.0, self.min_area_frac * h0 * w0) < float(a.get("area", 1)) <= self.max_area_frac * h0 * w0
         ]
         if len(keep) > self.max_masks:
             keep = sorted(rng.choice(keep, size=self.max_masks, replace=False).tolist())
         masks = [decode_rle(rec.annotations[k]["segmentation"]) for k in keep]
-        masks = [m for m in masks if m.sum() <= self.max_area_frac * h0 * w0]  # area field may be absent
+        masks = [  # the area field may be absent
+            m for m in masks if self.min_area_frac * h0 * w0 <= m.sum() <= self.max_area_frac * h0 * w0
+        ]
         scale = self.img_size / max(h0, w0)
         if self.jitter is not None:
             scale *= float(rng.uniform(*self.jitter))

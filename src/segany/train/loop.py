@@ -61,6 +61,7 @@ class DataSection:
     roots: list[Any] = field(default_factory=list)  # folders or {path, repeat}
     max_masks: int = 64
     max_area_frac: float = 0.9
+    min_area_frac: float = 0.0  # drop masks smaller than this fraction of the image
     jitter: tuple[float, float] | None = None
 
 
@@ -245,6 +246,7 @@ class Trainer:
             img_size=self.sam.img_size,
             max_masks=config.data.max_masks,
             max_area_frac=config.data.max_area_frac,
+            min_area_frac=config.data.min_area_frac,
             jitter=config.data.jitter,
             seed=tcfg.seed,
         )
