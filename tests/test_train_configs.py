@@ -28,10 +28,10 @@ def test_config_parses(path: Path) -> None:
     assert cfg.prompts.num_point_iters >= 0 and cfg.prompts.no_point_iters in (0, 1, 2)
 
 
-def test_default_model_stages_share_schedule_and_output() -> None:
-    """Stage 1 is resumed by the main config: same optimiser schedule, same out_dir."""
-    root = CONFIGS[0].parent
-    stage1, main = TrainConfig.load(root / "segany_tiny_cpu_stage1.yaml"), TrainConfig.load(root / "segany_tiny_cpu.yaml")
-    assert stage1.optim == main.optim and stage1.train.out_dir == main.train.out_dir
-    assert stage1.train.steps < main.train.steps and stage1.model == main.model
-    assert (main.prompts.num_point_iters, main.prompts.no_point_iters) == (2, 2)
+def test_default_model_config_trains_from_scratch_with_positional_attention() -> None:
+    """The default model's recipe: from scratch, decoder attention started as a positional kernel,
+    episodes of the first prompt plus error-region points with mask feedback."""
+    cfg = TrainConfig.load(CONFIGS[0].parent / "segany_tiny_cpu.yaml")
+    assert cfg.model.type == "segany_tiny" and cfg.model.checkpoint is None
+    assert cfg.model.attention_init == "positional" and cfg.model.attention_init_gain > 1
+    assert cfg.prompts.num_point_iters >= 1 and max(cfg.optim.decay_steps) < cfg.train.steps

@@ -36,9 +36,11 @@ from tqdm import tqdm
 from ..data.dataset import SA1BDataset, TrainSample
 from ..modeling.registry import build_model, save_checkpoint
 from ..modeling.sam import Sam
+from .init import apply_attention_init
 from .losses import LossConfig, downsample_targets, mask_iou, sam_loss
 from .optim import OptimConfig, build_optimizer
 from .prompts import PromptConfig, simulate_episode
+from .synthetic import SyntheticConfig, pretrain_decoder_synthetic
 
 
 class ConfigError(ValueError):
@@ -54,6 +56,10 @@ class ModelSection:
     freeze_prompt_encoder: bool = False
     grad_checkpointing: bool = False
     init_seed: int = 0
+    # "positional": decoder cross-attention keys start tied to queries (see train/init.py);
+    # only used when training from scratch (no checkpoint)
+    attention_init: str = "default"
+    attention_init_gain: float = 3.0
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,7 @@ class TrainConfig:
     prompts: PromptConfig = field(default_factory=PromptConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)  # decoder pretraining stage
     train: TrainSection = field(default_factory=TrainSection)
 
     @classmethod
@@ -199,6 +206,8 @@ def build_sam_for_training(section: ModelSection) -> Sam:
     with torch.random.fork_rng():
         torch.manual_seed(section.init_seed)
         sam = build_model(section.type, section.checkpoint, **section.overrides)
+    if section.checkpoint is None:
+        apply_attention_init(sam, section.attention_init, section.attention_init_gain)
     return prepare_for_training(sam, section)
 
 
@@ -330,6 +339,25 @@ class Trainer:
             tmp.write_text("".join(line + "\n" for line in kept))
             os.replace(tmp, self.metrics_path)
 
+    # ---------------------------------------------------------------- synthetic stage
+    def _synthetic_stage(self) -> None:
+        """Pretrain the decoder on synthetic scenes (train/synthetic.py) before step 0, log it
+        to ``synthetic.jsonl`` and checkpoint, so ``--resume`` never repeats it. With DDP every
+        rank runs the same seeded stage and ends with identical weights."""
+        log: list[dict] = []
+        summary = pretrain_decoder_synthetic(
+            self.sam, self.config.synthetic, self.config.loss, self.config.prompts,
+            show_progress=self.show_progress and self.rank == 0, log=log,
+        )
+        self.sam.train()
+        if self.rank == 0:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            tmp = self.out_dir / "synthetic.jsonl.tmp"
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in log))
+            os.replace(tmp, self.out_dir / "synthetic.jsonl")
+            print(f"synthetic decoder stage: {self.config.synthetic.steps} steps, last-100 IoU {summary['iou']:.3f}", flush=True)
+        self.save()
+
     # ---------------------------------------------------------------- loop
     def train_step(self) -> dict[str, float]:
         seed = _step_seed(self.config.train.seed, self.step, self.rank)
@@ -375,6 +403,8 @@ class Trainer:
             signal.signal(signal.SIGTERM, _stop)
         except ValueError:  # not the main thread
             previous = None
+        if not self.resume and self.config.synthetic.steps > 0:
+            self._synthetic_stage()
         start = last_save = time.time()
         metrics: dict[str, float] = {}
         bar = tqdm(total=tcfg.steps, initial=self.step, desc="train", disable=not self.show_progress or self.rank != 0)
