@@ -111,8 +111,8 @@ def _small_copies(sam: Sam, grid: int) -> tuple[PromptEncoder, MaskDecoder]:
 
 
 def pretrain_decoder_synthetic(
-    sam: Sam, config: SyntheticConfig, loss: LossConfig = LossConfig(focal_alpha=-1.0),
-    prompts: PromptConfig = PromptConfig(), show_progress: bool = True, log: list[dict] | None = None,
+    sam: Sam, config: SyntheticConfig, loss: LossConfig | None = None,
+    prompts: PromptConfig | None = None, show_progress: bool = True, log: list[dict] | None = None,
 ) -> dict[str, float]:
     """Train ``sam``'s prompt encoder and mask decoder on synthetic scenes, in place.
 
@@ -121,6 +121,8 @@ def pretrain_decoder_synthetic(
     """
     if config.steps <= 0:
         return {}
+    loss = LossConfig(focal_alpha=-1.0) if loss is None else loss
+    prompts = PromptConfig() if prompts is None else prompts
     small_pe, small_dec = _small_copies(sam, config.grid)
     small_pe.train()
     small_dec.train()
