@@ -118,17 +118,18 @@ def _image_to_token(
     return torch.baddbmm(attn.out_proj.bias.expand(b, 1, -1), p, vw)
 
 
-def decode_cached(
-    decoder: MaskDecoder,
-    cache: dict[str, torch.Tensor],
-    sparse_prompt_embeddings: torch.Tensor,
-    mask_slice: slice,
+def transformer_cached(
+    decoder: MaskDecoder, cache: dict[str, torch.Tensor], sparse_prompt_embeddings: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Same outputs as :meth:`MaskDecoder.predict_masks` with the no-mask dense prompt."""
+    """The two-way transformer on a cached image: (tokens BxTxC, image tokens BxNxC).
+
+    The one re-associated transformer loop of segany: the predictor's cached path
+    (:func:`decode_cached`) and the automatic generator's grid decoder both run it.
+    """
     transformer: TwoWayTransformer = decoder.transformer  # type: ignore[assignment]
     b = sparse_prompt_embeddings.shape[0]
     output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
-    tokens = torch.cat((output_tokens.unsqueeze(0).expand(b, -1, -1), sparse_prompt_embeddings), dim=1)
+    tokens = torch.cat((output_tokens.unsqueeze(0).expand(b, -1, -1), sparse_prompt_embeddings.to(output_tokens.dtype)), dim=1)
     keys, key_pe = cache["keys"], cache["key_pe"]
     query_pe = tokens
     queries = tokens
@@ -160,6 +161,18 @@ def decode_cached(
     q = queries + query_pe
     attn_out = _token_to_image(transformer.final_attn_token_to_image, q, keys + key_pe, keys)
     hs = transformer.norm_final_attn(queries + attn_out)
+    return hs, keys
+
+
+def decode_cached(
+    decoder: MaskDecoder,
+    cache: dict[str, torch.Tensor],
+    sparse_prompt_embeddings: torch.Tensor,
+    mask_slice: slice,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Same outputs as :meth:`MaskDecoder.predict_masks` with the no-mask dense prompt."""
+    hs, keys = transformer_cached(decoder, cache, sparse_prompt_embeddings)
+    b = hs.shape[0]
 
     iou_token_out = hs[:, 0, :]
     mask_tokens_out = hs[:, 1 : 1 + decoder.num_mask_tokens, :]
