@@ -27,6 +27,9 @@ class OptimConfig:
     decay_steps: tuple[int, ...] = field(default_factory=tuple)
     decay_factor: float = 0.1
     layer_decay: float = 1.0
+    # lr multiplier of the prompt encoder and mask decoder: < 1 keeps a pretrained decoder
+    # (e.g. the synthetic stage's) from drifting while a from-scratch encoder catches up
+    decoder_lr_scale: float = 1.0
     grad_clip: float | None = None
 
 
@@ -54,6 +57,8 @@ def param_groups(model: nn.Module, config: OptimConfig) -> list[dict]:
         scale = 1.0
         if "image_encoder." in name and config.layer_decay != 1.0:
             scale = config.layer_decay ** (depth + 1 - encoder_layer_id(name, depth))
+        if name.startswith(("mask_decoder.", "prompt_encoder.")):
+            scale *= config.decoder_lr_scale
         wd = 0.0 if _no_decay(name, param) else config.weight_decay
         groups.setdefault((scale, wd), []).append(param)
     return [

@@ -31,7 +31,7 @@ from ..modeling.prompt_encoder import PromptEncoder
 from ..modeling.sam import Sam
 from ..modeling.transformer import TwoWayTransformer
 from .losses import LossConfig, sam_loss
-from .prompts import PromptConfig, embed_prompt_tokens, first_prompts
+from .prompts import BACKGROUND, FOREGROUND, PromptConfig, embed_prompt_tokens, first_prompts, sample_points
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,7 @@ class SyntheticConfig:
     min_shapes: int = 2
     max_shapes: int = 6
     noise: float = 0.5  # per-position noise std relative to the region vectors
+    multi_prompt: bool = True  # also train the single-output token on prompt + 1 point
     seed: int = 0
 
 
@@ -147,11 +148,25 @@ def pretrain_decoder_synthetic(
         coords, labels = first_prompts(target, sizes, prompt_cfg, generator)
         sparse = embed_prompt_tokens(small_pe, coords, labels)
         dense = small_pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(m, -1, grid, grid)
-        low, iou = small_dec(emb, small_pe.get_dense_pe(), sparse, dense, multimask_output=True)
+        image_pe = small_pe.get_dense_pe()
+        low, iou = small_dec(emb, image_pe, sparse, dense, multimask_output=True)
         tgt = F.adaptive_avg_pool2d(target[:, None].float(), low.shape[-1])[:, 0] >= 0.5
         out = sam_loss(low, iou, tgt, loss)
+        total = out["loss"]
+        if config.multi_prompt:
+            # the same prompt plus one more point (inside the region or outside it) decoded with
+            # the single-output token, which the paper uses whenever prompts are several
+            fg = torch.rand(m, generator=generator) < 0.5
+            pts_in, _ = sample_points(target, generator)
+            pts_out, ok_out = sample_points(~target, generator)
+            extra = torch.where(fg[:, None] | ~ok_out[:, None], pts_in, pts_out)
+            lab = torch.where(fg | ~ok_out, FOREGROUND, BACKGROUND)
+            c2 = torch.cat([coords, extra[:, None].to(coords)], dim=1)
+            l2 = torch.cat([labels, lab[:, None].to(labels)], dim=1)
+            low1, iou1 = small_dec(emb, image_pe, embed_prompt_tokens(small_pe, c2, l2), dense, multimask_output=False)
+            total = total + sam_loss(low1, iou1, tgt, loss)["loss"]
         opt.zero_grad(set_to_none=True)
-        out["loss"].backward()
+        total.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
