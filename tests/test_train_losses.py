@@ -113,3 +113,17 @@ def test_layer_decay_groups():
     n = sum(len(g["params"]) for g in opt.param_groups)
     assert n == len([p for p in sam.parameters() if p.requires_grad])
     assert opt.param_groups[0]["lr"] == pytest.approx(0.5e-3)  # warmup step 0
+
+
+def test_decoder_lr_scale_slows_only_prompt_encoder_and_decoder() -> None:
+    from segany.modeling.registry import build_model
+    from segany.train.optim import OptimConfig, param_groups
+
+    sam = build_model("segany_tiny", encoder_depth=1)
+    groups = param_groups(sam, OptimConfig(lr=1e-3, decoder_lr_scale=0.1))
+    owner = {id(p): n for n, p in sam.named_parameters()}
+    for g in groups:
+        names = [owner[id(p)] for p in g["params"]]
+        slow = [n.startswith(("mask_decoder.", "prompt_encoder.")) for n in names]
+        assert all(slow) or not any(slow), "a group mixes decoder and encoder parameters"
+        assert g["lr"] == pytest.approx(1e-4 if slow[0] else 1e-3)
