@@ -136,16 +136,13 @@ def pretrain_decoder_synthetic(
     generator = torch.Generator().manual_seed(config.seed)
     m, grid, side = config.masks_per_step, config.grid, config.grid * 8
     sizes = torch.tensor([[side, side]] * m)
-    # box noise cap scales with the frame as in real training
-    prompt_cfg = PromptConfig(box_prob=prompts.box_prob, box_noise_frac=prompts.box_noise_frac,
-                              box_noise_max_px=prompts.box_noise_max_px)
     recent: list[tuple[float, float]] = []
     bar = tqdm(range(config.steps), desc="synthetic decoder", disable=not show_progress)
     for step in bar:
         t0 = time.perf_counter()
         emb, target = synthetic_scenes(m, grid, generator, small_dec.transformer_dim, config.min_shapes,
                                        config.max_shapes, config.noise)
-        coords, labels = first_prompts(target, sizes, prompt_cfg, generator)
+        coords, labels = first_prompts(target, sizes, prompts, generator)  # box noise scales with the frame
         sparse = embed_prompt_tokens(small_pe, coords, labels)
         dense = small_pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(m, -1, grid, grid)
         image_pe = small_pe.get_dense_pe()
