@@ -26,11 +26,11 @@ class GridDecoder:
         self.model = model
         pe_layer = model.prompt_encoder
         dec = model.mask_decoder
-        self.image_pe = pe_layer.get_dense_pe()
+        image_pe = pe_layer.get_dense_pe()
         dense = pe_layer.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, *pe_layer.image_embedding_size)
         src = features + dense
         _, _, self.h, self.w = src.shape
-        self.cache = build_image_cache(dec, src, self.image_pe)
+        self.cache = build_image_cache(dec, src, image_pe)
 
     def transformer(self, sparse: Tensor) -> tuple[Tensor, Tensor]:
         """(tokens BxTxC, image tokens BxNxC) after the two-way transformer."""

@@ -30,7 +30,8 @@ from ..modeling.mask_decoder import MaskDecoder
 from ..modeling.prompt_encoder import PromptEncoder
 from ..modeling.sam import Sam
 from ..modeling.transformer import TwoWayTransformer
-from .losses import LossConfig, sam_loss
+from .losses import LossConfig, downsample_targets, sam_loss
+from .optim import OptimConfig, lr_factor
 from .prompts import BACKGROUND, FOREGROUND, PromptConfig, embed_prompt_tokens, first_prompts, sample_points
 
 
@@ -129,10 +130,10 @@ def pretrain_decoder_synthetic(
     small_dec.train()
     params = [p for p in [*small_pe.parameters(), *small_dec.parameters()] if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=config.lr, betas=(0.9, 0.999), weight_decay=config.weight_decay)
-    warmup = max(1, config.steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * (0.1 if s >= int(0.85 * config.steps) else 1.0)
-    )
+    # the real stage's schedule: linear warmup over 5% of the steps, x0.1 for the last 15%
+    schedule = OptimConfig(lr=config.lr, warmup_steps=max(1, config.steps // 20),
+                           decay_steps=(int(0.85 * config.steps),), decay_factor=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, schedule))
     generator = torch.Generator().manual_seed(config.seed)
     m, grid, side = config.masks_per_step, config.grid, config.grid * 8
     sizes = torch.tensor([[side, side]] * m)
@@ -147,7 +148,7 @@ def pretrain_decoder_synthetic(
         dense = small_pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(m, -1, grid, grid)
         image_pe = small_pe.get_dense_pe()
         low, iou = small_dec(emb, image_pe, sparse, dense, multimask_output=True)
-        tgt = F.adaptive_avg_pool2d(target[:, None].float(), low.shape[-1])[:, 0] >= 0.5
+        tgt = downsample_targets(target, low.shape[-1])
         out = sam_loss(low, iou, tgt, loss)
         total = out["loss"]
         if config.multi_prompt:
