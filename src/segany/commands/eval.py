@@ -25,6 +25,11 @@ def _add_common(p: argparse.ArgumentParser, default_out: str) -> None:
     p.add_argument("--data-root", default=None, help="folder holding the data sets (default: ../shared/data)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument(
+        "--no-resume", action="store_true",
+        help="recompute every image (default: images finished by an earlier, interrupted run into the same --out "
+             "with the same model and settings are loaded from OUT/.resume)",
+    )
 
 
 def register(subparsers: Any) -> None:
@@ -161,7 +166,7 @@ def run_points(args: argparse.Namespace) -> int:
     model, info, command = _setup(args)
     res = points.run(
         SamPredictor(model), data, Path(args.out), info, command, args.first_click, args.max_clicks, args.seed,
-        not args.no_progress,
+        not args.no_progress, resume_run=not args.no_resume,
     )
     m = res["mean"]["top"]
     return _done(Path(args.out), f"mean mIoU@1 {100 * m['mIoU']['1']:.1f}  @9 {100 * m['mIoU']['9']:.1f}  NoC@90 {m['NoC@90']:.2f}")
@@ -183,7 +188,7 @@ def run_prompts(args: argparse.Namespace) -> int:
         SamPredictor(model), data, Path(args.out), info, command, baselines=baselines,
         grabcut_iters=args.grabcut_iters, grabcut_box_context=args.grabcut_box_context,
         grabcut_click_context=args.grabcut_click_context, seed=args.seed,
-        show_progress=not args.no_progress,
+        show_progress=not args.no_progress, resume_run=not args.no_resume,
     )
     m = res["mean"]["mIoU"]
     line = "  ".join(
@@ -207,7 +212,7 @@ def run_edges(args: argparse.Namespace) -> int:
     res = edges.run(
         model, Path(args.out), info, command, split=args.split, nthresh=args.nthresh, baselines_=args.baselines,
         limit=args.limit, seed=args.seed, data_root=args.data_root, workers=args.workers,
-        points_per_side=args.points_per_side,
+        points_per_side=args.points_per_side, resume_run=not args.no_resume,
         show_progress=not args.no_progress,
     )
     line = "  ".join(f"{k} ODS {v['ODS']:.3f}" for k, v in res["methods"].items())
@@ -222,7 +227,7 @@ def run_proposals(args: argparse.Namespace) -> int:
     name, images = next(iter(data.items()))
     res = proposals.run(
         model, name, images, Path(args.out), info, command, points_per_side=args.points_per_side,
-        show_progress=not args.no_progress,
+        show_progress=not args.no_progress, resume_run=not args.no_resume,
     )
     return _done(Path(args.out), f"AR@1000 {res['AR@1000']['all']:.3f}")
 
@@ -249,5 +254,6 @@ def run_fairness(args: argparse.Namespace) -> int:
     res = fairness.run(
         SamPredictor(model), data, Path(args.out), info, command, group_by=args.group_by, metadata_csv=args.metadata,
         first=args.first_click, seed=args.seed, n_boot=args.bootstrap, show_progress=not args.no_progress,
+        resume_run=not args.no_resume,
     )
     return _done(Path(args.out), f"{len(res['groups'])} group columns evaluated")

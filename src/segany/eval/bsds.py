@@ -114,6 +114,16 @@ def seg_to_boundary(seg: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- matching
+def _offsets(radius: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(dy, dx, integer cost) of every pixel offset within ``radius``, dy-major as the matching expects."""
+    reach = int(np.ceil(radius))
+    dy, dx = np.meshgrid(np.arange(-reach, reach + 1), np.arange(-reach, reach + 1), indexing="ij")
+    d2 = dy * dy + dx * dx
+    inside = d2 <= radius * radius
+    cost = np.rint(np.sqrt(d2[inside]) * _COST_SCALE).astype(np.int64)
+    return dy[inside], dx[inside], cost
+
+
 def correspond_pixels(
     bmap1: np.ndarray, bmap2: np.ndarray, max_dist: float = DEFAULT_MAX_DIST
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -143,26 +153,20 @@ def correspond_pixels(
     ys2, xs2 = np.nonzero(b2)
     index2[ys2, xs2] = np.arange(ys2.size)
 
-    rows, cols, costs = [], [], []
+    # Candidate pairs: every offset within the radius, all predicted pixels at once. A padded
+    # index map turns out-of-image neighbours into misses. Pairs come out offset-major, the
+    # order of the original per-offset loop, so the solver sees the identical graph.
     reach = int(np.ceil(radius))
-    ids1 = np.arange(ys1.size)
-    for dy in range(-reach, reach + 1):
-        for dx in range(-reach, reach + 1):
-            d2 = dy * dy + dx * dx
-            if d2 > radius * radius:
-                continue
-            yy, xx = ys1 + dy, xs1 + dx
-            inside = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
-            j = index2[yy[inside], xx[inside]]
-            hit = j >= 0
-            rows.append(ids1[inside][hit])
-            cols.append(j[hit])
-            costs.append(np.full(int(hit.sum()), np.rint(np.sqrt(d2) * _COST_SCALE), dtype=np.int64))
-    row = np.concatenate(rows)
+    dy, dx, dcost = _offsets(radius)
+    padded = np.full((h + 2 * reach, w + 2 * reach), -1, dtype=np.int64)
+    padded[reach : reach + h, reach : reach + w] = index2
+    j = padded[ys1[None, :] + (dy[:, None] + reach), xs1[None, :] + (dx[:, None] + reach)]
+    hit = j >= 0
+    row = np.broadcast_to(np.arange(ys1.size), j.shape)[hit]
     if row.size == 0:
         return match1, match2
-    col = np.concatenate(cols)
-    cost = np.concatenate(costs)
+    col = j[hit]
+    cost = np.broadcast_to(dcost[:, None], j.shape)[hit]
 
     # Only pixels with a candidate partner take part (as in the official code).
     used1, row = np.unique(row, return_inverse=True)

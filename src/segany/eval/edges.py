@@ -33,7 +33,7 @@ from ..automatic.presets import preset
 from ..masks import batched_mask_to_box
 from ..modeling import Sam
 from ..predictor import SamPredictor
-from . import baselines, bsds, report
+from . import baselines, bsds, report, resume
 from .edge_nms import edge_nms
 
 PAPER_TABLE3 = {  # SAM paper, table 3 (BSDS500 test): for reference in reports only
@@ -104,9 +104,22 @@ def segany_edges(
 
 
 # --------------------------------------------------------------------------- benchmark run
-def _score(args: tuple[np.ndarray, list[np.ndarray], int]) -> bsds.ImageCounts:
+def _counts_to_json(c: bsds.ImageCounts) -> dict[str, list[Any]]:
+    return {"thresholds": c.thresholds.tolist(), "cnt_r": c.cnt_r.tolist(), "sum_r": c.sum_r.tolist(),
+            "cnt_p": c.cnt_p.tolist(), "sum_p": c.sum_p.tolist()}
+
+
+def _counts_from_json(d: dict[str, list[Any]]) -> bsds.ImageCounts:
+    return bsds.ImageCounts(np.asarray(d["thresholds"], dtype=np.float64),
+                            *(np.asarray(d[k], dtype=np.int64) for k in ("cnt_r", "sum_r", "cnt_p", "sum_p")))
+
+
+def _score(args: tuple[np.ndarray, list[np.ndarray], int]) -> tuple[bsds.ImageCounts, float]:
+    """Benchmark counts of one edge map and the seconds they took (measured where they ran)."""
     pb, gts, nthresh = args
-    return bsds.evaluate_edge_map(pb, gts, nthresh=nthresh)
+    ts = time.time()
+    c = bsds.evaluate_edge_map(pb, gts, nthresh=nthresh)
+    return c, time.time() - ts
 
 
 def bsds_split(root: Path, split: str) -> list[tuple[str, Path, Path]]:
@@ -163,6 +176,7 @@ def run(
     workers: int = 1,
     show_progress: bool = True,
     points_per_side: int | None = None,
+    resume_run: bool = True,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """Edge maps for a BSDS500 split from segany (unless ``model`` is None) and the baselines, scored alike."""
@@ -180,46 +194,85 @@ def run(
     methods = ([] if model is None else ["segany"]) + list(baselines_)
     if not methods:
         raise ValueError("nothing to evaluate: no model and no baselines")
+    unknown = [m for m in methods if m not in ("segany", "canny", "sobel")]
+    if unknown:
+        raise ValueError(f"unknown edge method(s) {unknown}: choose from segany, canny, sobel")
     predictor = SamPredictor(model) if model is not None else None
     out_dir = Path(out_dir)
+    overrides = {} if points_per_side is None else {"points_per_side": points_per_side}
+    # One store per method: the baselines' records do not depend on the model, so a
+    # `--no-model` run and a model-only run can fill one folder side by side (one core each)
+    # and a last run with every method only writes the combined report.
+    common = {"split": split, "nthresh": nthresh, "max_dist": bsds.DEFAULT_MAX_DIST}
+    stores = {
+        m: resume.ResumeStore(
+            out_dir, f"edges-{m}",
+            {**common, "model": resume.model_fingerprint(model), "preset": preset("edges", **overrides)}
+            if m == "segany" else {**common, "method": m},
+            enabled=resume_run,
+        )
+        for m in methods
+    }
     t0 = time.time()
-    counts: dict[str, list[bsds.ImageCounts]] = {m: [] for m in methods}
-    edge_seconds = {m: 0.0 for m in methods}
-    masks_kept: list[int] = []
+    records: dict[str, dict[str, dict[str, Any]]] = {m: {} for m in methods}  # method -> image id -> record
     pool = ProcessPoolExecutor(workers) if workers > 1 else None
-    pending: list[tuple[str, Any]] = []
+    pending: list[tuple[str, str, float, int | None, Any]] = []
+
+    def finish(m: str, iid: str, map_seconds: float, n_kept: int | None, scored: tuple[bsds.ImageCounts, float]) -> None:
+        rec = {"seconds": map_seconds + scored[1], "masks_kept": n_kept, "counts": _counts_to_json(scored[0])}
+        stores[m].put(iid, rec)
+        records[m][iid] = rec
+
     try:
         for k, (iid, ipath, gpath) in enumerate(tqdm(items, desc="eval edges", unit="img", disable=not show_progress)):
+            for m in methods:
+                rec = stores[m].get(iid)
+                if rec is not None:
+                    records[m][iid] = rec
+            todo = [m for m in methods if iid not in records[m]]
+            example_path = out_dir / f"example_{iid}.png"
+            want_example = k < 3 and not example_path.is_file()
+            if not todo and not want_example:
+                continue
             from ..image_io import load_image
 
             image = load_image(ipath)
             gts = bsds.load_ground_truth(gpath)
             maps: dict[str, np.ndarray] = {}
-            for m in methods:
+            for m in methods if want_example else todo:
                 ts = time.time()
+                n_kept = None
                 if m == "segany":
                     assert predictor is not None
-                    overrides = {} if points_per_side is None else {"points_per_side": points_per_side}
                     maps[m], n_kept = segany_edges(predictor, image, **overrides)
-                    masks_kept.append(n_kept)
                 elif m == "canny":
                     maps[m] = baselines.canny_edges(image)
-                elif m == "sobel":
+                else:
                     maps[m] = baselines.sobel_edges(image)
-                else:
-                    raise ValueError(f"unknown edge method {m!r}")
-                edge_seconds[m] += time.time() - ts
+                map_seconds = time.time() - ts
+                if m not in todo:
+                    continue
                 if pool is not None:
-                    pending.append((m, pool.submit(_score, (maps[m], gts, nthresh))))
+                    pending.append((m, iid, map_seconds, n_kept, pool.submit(_score, (maps[m], gts, nthresh))))
                 else:
-                    counts[m].append(_score((maps[m], gts, nthresh)))
-            if k < 3:
-                _example(image, maps, gts, out_dir / f"example_{iid}.png")
-        for m, fut in pending:
-            counts[m].append(fut.result())
+                    finish(m, iid, map_seconds, n_kept, _score((maps[m], gts, nthresh)))
+            if want_example:
+                _example(image, maps, gts, example_path)
+            still = []
+            for job in pending:  # store finished scores as they come, so a kill loses little
+                if job[4].done():
+                    finish(job[0], job[1], job[2], job[3], job[4].result())
+                else:
+                    still.append(job)
+            pending = still
+        for m, iid, secs, n_kept, fut in pending:
+            finish(m, iid, secs, n_kept, fut.result())
     finally:
         if pool is not None:
             pool.shutdown()
+    counts = {m: [_counts_from_json(records[m][iid]["counts"]) for iid, _, _ in items] for m in methods}
+    method_seconds = {m: float(sum(records[m][iid]["seconds"] for iid, _, _ in items)) for m in methods}
+    masks_kept = [records["segany"][iid]["masks_kept"] for iid, _, _ in items] if "segany" in methods else []
     results = {m: bsds.summarize(counts[m]) for m in methods}
     seconds = time.time() - t0
     out = {
@@ -230,7 +283,9 @@ def run(
                      "preset": (preset("edges", **({} if points_per_side is None else {"points_per_side": points_per_side}))
                                 if model is not None else None)},
         "methods": {m: r.as_dict() for m, r in results.items()},
-        "edge_map_seconds": edge_seconds,
+        "method_seconds": method_seconds,
+        "compute_seconds": float(sum(method_seconds.values())),
+        "images_resumed": max(st.loaded for st in stores.values()),
         "mean_masks_after_nms": float(np.mean(masks_kept)) if masks_kept else None,
         "paper_table3": PAPER_TABLE3,
         "seconds": seconds,
@@ -244,11 +299,12 @@ def run(
         md = report.header_markdown(title, model_info, command, seconds)
     else:
         md = f"# {title}\n\n- command: `{command}`\n- wall time: {seconds:.0f} s\n\n"
+    md += report.resume_line(out["compute_seconds"], out["images_resumed"])
     md += (f"{len(items)} images of the `{split}` split, {nthresh} thresholds, tolerance "
            f"{bsds.DEFAULT_MAX_DIST} x diagonal, all annotators.\n\n")
-    rows = [[m, r.ods, r.ois, r.ap, r.r50, edge_seconds[m] / max(len(items), 1)] for m, r in results.items()]
+    rows = [[m, r.ods, r.ois, r.ap, r.r50, method_seconds[m] / max(len(items), 1)] for m, r in results.items()]
     rows += [[k, v["ODS"], v["OIS"], v["AP"], v["R50"], None] for k, v in PAPER_TABLE3.items()]
-    md += report.markdown_table(["method", "ODS", "OIS", "AP", "R50", "s/img (edge map)"], rows)
+    md += report.markdown_table(["method", "ODS", "OIS", "AP", "R50", "s/img (map + scoring)"], rows)
     md += "\nRows marked (paper) are the SAM paper's table 3, for reference (ViT-H, full test split).\n\n"
     md += "![precision/recall](pr_curve.png)\n\n"
     for iid, _, _ in items[:3]:

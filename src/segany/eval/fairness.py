@@ -22,7 +22,7 @@ from tqdm import tqdm
 from ..predictor import SamPredictor
 from . import report
 from .datasets import EvalImage
-from .points import ObjectTrace, evaluate_dataset
+from .points import ObjectTrace, evaluate_dataset, resume_store
 
 FAIRNESS_CLICKS = (1, 3)
 
@@ -110,16 +110,20 @@ def run(
     seed: int = 0,
     n_boot: int = 1000,
     show_progress: bool = True,
+    resume_run: bool = True,
 ) -> dict[str, Any]:
-    """Simulate 3 clicks per object, group by each column and write the report."""
+    """Simulate 3 clicks per object, group by each column and write the report (resumable, as ``eval points``)."""
     meta = read_metadata(metadata_csv) if metadata_csv else {}
     out_dir = Path(out_dir)
+    store = resume_store(out_dir, "fairness", predictor, resume_run, first=first, max_clicks=max(FAIRNESS_CLICKS),
+                         seed=seed)
     t0 = time.time()
     traces: list[ObjectTrace] = []
     total = sum(len(v) for v in datasets.values())
     with tqdm(total=total, desc="eval fairness", unit="img", disable=not show_progress) as bar:
         for _, images in datasets.items():
-            tr, _ = evaluate_dataset(predictor, images, first, max(FAIRNESS_CLICKS), seed, bar.update, keep_examples=0)
+            tr, _ = evaluate_dataset(predictor, images, first, max(FAIRNESS_CLICKS), seed, bar.update, keep_examples=0,
+                                   store=store)
             traces.extend(tr)
     for tr in traces:
         tr.meta.update(meta.get(str(tr.meta.get("image")), {}))
@@ -135,8 +139,11 @@ def run(
         "objects": len(traces),
         "groups": groups,
         "seconds": seconds,
+        "compute_seconds": store.seconds,
+        "images_resumed": store.loaded,
     }
     md = report.header_markdown("Fairness across groups (paper section 6, table 2)", model_info, command, seconds)
+    md += report.resume_line(store.seconds, store.loaded)
     md += (f"{len(traces)} objects from {', '.join(datasets)}; {first} first click; mIoU (%) with 95% percentile "
            f"bootstrap intervals ({n_boot} resamples).\n\n")
     for column, table in groups.items():

@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 from ..predictor import SamPredictor
-from . import clicks, report
+from . import clicks, report, resume
 from .datasets import EvalImage, EvalObjects
 
 CLICK_COUNTS = (1, 2, 3, 5, 9)
@@ -188,12 +188,27 @@ def evaluate_dataset(
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
     keep_examples: int = 2,
+    store: resume.ResumeStore | None = None,
 ) -> tuple[list[ObjectTrace], list[dict[str, Any]]]:
-    """All objects of all ``images``; the random first click of image i uses seed (seed, i)."""
+    """All objects of all ``images``; the random first click of image i uses seed (seed, i).
+
+    With a ``store``, images finished by an earlier run are loaded from it and new ones are
+    added to it as they finish. Images that give the example figures are always simulated
+    (the figures need their masks; the simulation is deterministic, so the numbers agree).
+    """
     traces: list[ObjectTrace] = []
     examples: list[dict[str, Any]] = []
     for idx, im in enumerate(images):
+        key = f"{im.dataset}/{idx}/{im.image_id}"
+        rec = store.get(key) if store is not None and len(examples) >= keep_examples else None
+        if rec is not None:
+            traces.extend(ObjectTrace(meta=t["meta"], ious=t["ious"]) for t in rec["traces"])
+            if progress is not None:
+                progress(1)
+            continue
+        ts = time.time()
         objs = im.objects()
+        tr: list[ObjectTrace] = []
         if objs.masks:
             pixels = im.image()
             for m in objs.masks:
@@ -205,9 +220,20 @@ def evaluate_dataset(
                 e["image"] = pixels
             traces.extend(tr)
             examples.extend(ex)
+        if store is not None:
+            store.put(key, {"seconds": time.time() - ts, "traces": [{"meta": t.meta, "ious": t.ious} for t in tr]})
         if progress is not None:
             progress(1)
     return traces, examples
+
+
+def resume_store(
+    out_dir: Path, experiment: str, predictor: SamPredictor, enabled: bool, **settings: Any
+) -> resume.ResumeStore:
+    """The store of a click-simulation run: keyed by the model's weights and the simulation settings."""
+    return resume.ResumeStore(
+        out_dir, experiment, {"model": resume.model_fingerprint(predictor.model), "clicks": CLICK_COUNTS,
+                              "noc": NOC_THRESHOLDS, **settings}, enabled=enabled)
 
 
 # --------------------------------------------------------------------------- report
@@ -261,11 +287,17 @@ def run(
     max_clicks: int = 20,
     seed: int = 0,
     show_progress: bool = True,
+    resume_run: bool = True,
 ) -> dict[str, Any]:
-    """Evaluate every data set and write ``report.json``, ``report.md``, ``miou_vs_points.png`` and examples."""
+    """Evaluate every data set and write ``report.json``, ``report.md``, ``miou_vs_points.png`` and examples.
+
+    Finished images are kept in ``out_dir/.resume``: a rerun after an interruption (same
+    model, settings and data) continues where it stopped, unless ``resume_run`` is False.
+    """
     if max_clicks < max(CLICK_COUNTS):
         raise ValueError(f"--max-clicks must be >= {max(CLICK_COUNTS)} (mIoU is reported up to 9 clicks), got {max_clicks}")
     out_dir = Path(out_dir)
+    store = resume_store(out_dir, "points", predictor, resume_run, first=first, max_clicks=max_clicks, seed=seed)
     t0 = time.time()
     per_dataset: dict[str, dict[str, Any]] = {}
     all_traces: dict[str, list[ObjectTrace]] = {}
@@ -273,7 +305,7 @@ def run(
     with tqdm(total=total, desc="eval points", unit="img", disable=not show_progress) as bar:
         for name, images in datasets.items():
             bar.set_postfix_str(name)
-            traces, examples = evaluate_dataset(predictor, images, first, max_clicks, seed, bar.update)
+            traces, examples = evaluate_dataset(predictor, images, first, max_clicks, seed, bar.update, store=store)
             if not traces:
                 raise ValueError(f"data set {name} has no objects to evaluate")
             all_traces[name] = traces
@@ -298,6 +330,8 @@ def run(
         "datasets": per_dataset,
         "mean": mean,
         "seconds": seconds,
+        "compute_seconds": store.seconds,
+        "images_resumed": store.loaded,
         "per_object": {
             name: [{"meta": tr.meta, "iou_top": tr.ious["top"], "iou_oracle": tr.ious["oracle"]} for tr in traces]
             for name, traces in all_traces.items()
@@ -305,6 +339,7 @@ def run(
     }
     _plot_curves(per_dataset, out_dir / "miou_vs_points.png", f"point-to-mask, {first} first click")
     md = report.header_markdown("Zero-shot point-to-mask evaluation (paper 7.1 / D.1)", model_info, command, seconds)
+    md += report.resume_line(store.seconds, store.loaded)
     md += f"First click: **{first}**; later clicks at the deepest error; NoC capped at {max_clicks} clicks.\n\n"
     header = ["data set", "images", "objects"] + [f"mIoU@{n}" for n in CLICK_COUNTS] + ["oracle@1", "oracle@3", "NoC@85", "NoC@90"]
     rows = []

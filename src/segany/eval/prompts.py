@@ -34,7 +34,7 @@ import torch
 from tqdm import tqdm
 
 from ..predictor import SamPredictor
-from . import classical, clicks, points, report
+from . import classical, clicks, points, report, resume
 from .datasets import EvalImage, EvalObjects
 
 N_CLICKS = 5  # the report's "few clicks"; per-object traces keep every click up to here
@@ -255,11 +255,28 @@ def evaluate_dataset(
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
     timing: dict[str, float] | None = None,
+    store: resume.ResumeStore | None = None,
 ) -> tuple[list[ObjectResult], dict[str, Any] | None]:
-    """All objects of all ``images``; the example comes from the first image that has objects."""
+    """All objects of all ``images``; the example comes from the first image that has objects.
+
+    With a ``store``, images finished by an earlier run are loaded (their per-method seconds
+    added to ``timing``) and new ones stored; images are simulated until the example exists.
+    """
     results: list[ObjectResult] = []
     example = None
     for im in images:
+        key = f"{im.dataset}/{im.image_id}"
+        rec = store.get(key) if store is not None and example is not None else None
+        if rec is not None:
+            results.extend(ObjectResult(**r) for r in rec["objects"])
+            if timing is not None:
+                for k, v in rec["timing"].items():
+                    timing[k] = timing.get(k, 0.0) + v
+            if progress is not None:
+                progress(1)
+            continue
+        ts, before = time.time(), dict(timing) if timing is not None else {}
+        n_before = len(results)
         objs = im.objects()
         if objs.masks:
             pixels = im.image()
@@ -272,6 +289,10 @@ def evaluate_dataset(
             )
             results.extend(res)
             example = example if example is not None else ex
+        if store is not None:
+            spent = {k: v - before.get(k, 0.0) for k, v in (timing or {}).items()}
+            store.put(key, {"seconds": time.time() - ts, "timing": spent,
+                            "objects": [vars(r) for r in results[n_before:]]})
         if progress is not None:
             progress(1)
     return results, example
@@ -393,8 +414,13 @@ def run(
     grabcut_click_context: float | None = classical.CLICK_CONTEXT,
     seed: int = 0,
     show_progress: bool = True,
+    resume_run: bool = True,
 ) -> dict[str, Any]:
-    """Evaluate every data set; write ``report.json``, ``report.md``, ``miou_by_prompt.png`` and ``example_<set>.png``."""
+    """Evaluate every data set; write ``report.json``, ``report.md``, ``miou_by_prompt.png`` and ``example_<set>.png``.
+
+    Finished images are kept in ``out_dir/.resume`` (see :mod:`segany.eval.resume`), so an
+    interrupted full run continues where it stopped.
+    """
     unknown = sorted(set(baselines) - set(BASELINES))
     if unknown:
         raise ValueError(f"unknown baseline(s) {unknown}; choose from {list(BASELINES)}")
@@ -404,6 +430,13 @@ def run(
         if ctx is not None and not 0 <= ctx < float("inf"):
             raise ValueError(f"--grabcut-{opt}-context must be a number >= 0 or 'whole', got {ctx}")
     out_dir = Path(out_dir)
+    store = resume.ResumeStore(
+        out_dir, "prompts",
+        {"model": resume.model_fingerprint(predictor.model), "baselines": sorted(baselines), "grabcut_iters": grabcut_iters,
+         "grabcut_box_context": grabcut_box_context, "grabcut_click_context": grabcut_click_context, "seed": seed,
+         "clicks": N_CLICKS},
+        enabled=resume_run,
+    )
     t0 = time.time()
     per_dataset: dict[str, dict[str, Any]] = {}
     per_object: dict[str, list[dict[str, Any]]] = {}
@@ -414,7 +447,7 @@ def run(
             bar.set_postfix_str(name)
             results, example = evaluate_dataset(
                 predictor, images, baselines, grabcut_iters, grabcut_box_context, grabcut_click_context, seed,
-                bar.update, timing,
+                bar.update, timing, store,
             )
             if not results:
                 raise ValueError(f"data set {name} has no objects to evaluate")
@@ -460,11 +493,14 @@ def run(
         "mean": mean,
         "seconds": seconds,
         "timing_seconds": timing,
+        "compute_seconds": store.seconds,
+        "images_resumed": store.loaded,
         "per_object": per_object,
     }
     rows = {**per_dataset, "mean": mean}
     _plot_bars(rows, columns, out_dir / "miou_by_prompt.png", "single prompt and few clicks: model vs classical")
     md = report.header_markdown("Single-prompt and few-click mIoU: model vs classical baselines", model_info, command, seconds)
+    md += report.resume_line(store.seconds, store.loaded)
     md += (
         f"Same objects, same IoU code for every column. Box = the ground-truth mask's tight box; 1 pt = "
         f"the mask centre; {N_CLICKS} clicks = centre, then each click at the deepest error of the "

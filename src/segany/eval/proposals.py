@@ -21,7 +21,7 @@ from tqdm import tqdm
 from ..automatic import SamAutomaticMaskGenerator, preset
 from ..masks import coco_encode_rle
 from ..modeling import Sam
-from . import report
+from . import report, resume
 from .datasets import EvalImage
 
 MAX_DETS = (100, 300, 1000)
@@ -56,8 +56,13 @@ def run(
     command: str,
     points_per_side: int | None = None,
     show_progress: bool = True,
+    resume_run: bool = True,
 ) -> dict[str, Any]:
-    """Generate proposals for every image and write the AR report."""
+    """Generate proposals for every image and write the AR report.
+
+    Finished images are kept in ``out_dir/.resume`` (see :mod:`segany.eval.resume`), so an
+    interrupted full run continues where it stopped.
+    """
     from pycocotools.coco import COCO
 
     coco_ids = [im.meta.get("coco_id") for im in images]
@@ -70,25 +75,36 @@ def run(
     settings = preset("proposals", **overrides)
     generator = SamAutomaticMaskGenerator(model, output_mode="uncompressed_rle", **settings)
     out_dir = Path(out_dir)
+    store = resume.ResumeStore(out_dir, "proposals", {"model": resume.model_fingerprint(model), "preset": settings},
+                               enabled=resume_run)
     t0 = time.time()
     results: list[dict[str, Any]] = []
     counts = []
     for k, im in enumerate(tqdm(images, desc="eval proposals", unit="img", disable=not show_progress)):
-        pixels = im.image()
-        recs = generator.generate(pixels)
-        counts.append(len(recs))
-        for r in recs:
-            seg = coco_encode_rle(r["segmentation"])
-            results.append(
-                {
-                    "image_id": int(im.meta["coco_id"]),
-                    "category_id": 1,
-                    "segmentation": {"size": seg["size"], "counts": seg["counts"]},
-                    "score": (float(r["predicted_iou"]) + float(r["stability_score"])) / 2,
-                }
-            )
-        if k == 0:
-            _proposal_figure(pixels, recs, out_dir / f"proposals_{im.image_id}.png")
+        key = f"{name}/{im.image_id}"
+        figure = out_dir / f"proposals_{im.image_id}.png"
+        rec = store.get(key) if k > 0 or figure.is_file() else None
+        if rec is None:
+            ts = time.time()
+            pixels = im.image()
+            recs = generator.generate(pixels)
+            props = []
+            for r in recs:
+                seg = coco_encode_rle(r["segmentation"])
+                props.append(
+                    {
+                        "image_id": int(im.meta["coco_id"]),
+                        "category_id": 1,
+                        "segmentation": {"size": seg["size"], "counts": seg["counts"]},
+                        "score": (float(r["predicted_iou"]) + float(r["stability_score"])) / 2,
+                    }
+                )
+            if k == 0:
+                _proposal_figure(pixels, recs, figure)
+            rec = {"seconds": time.time() - ts, "proposals": props}
+            store.put(key, rec)
+        counts.append(len(rec["proposals"]))
+        results.extend(rec["proposals"])
     ar = coco_recall(gt, results, [int(i) for i in coco_ids], use_cats=False)
     seconds = time.time() - t0
     out = {
@@ -98,8 +114,11 @@ def run(
         "AR@1000": ar,
         "mean_proposals_per_image": float(np.mean(counts)) if counts else 0.0,
         "seconds": seconds,
+        "compute_seconds": store.seconds,
+        "images_resumed": store.loaded,
     }
     md = report.header_markdown("Zero-shot object proposals (paper 7.3 / D.3)", model_info, command, seconds)
+    md += report.resume_line(store.seconds, store.loaded)
     md += (f"{len(images)} images of `{name}`, preset `proposals` ({settings['points_per_side']}x"
            f"{settings['points_per_side']} grid, NMS {settings['box_nms_thresh']}, no IoU/stability filter, "
            f"top {settings['max_masks']}); {out['mean_proposals_per_image']:.0f} proposals per image on average.\n\n")

@@ -128,6 +128,14 @@ def header_markdown(title: str, model_info: dict[str, Any], command: str, second
     return "\n".join(lines) + "\n\n"
 
 
+def resume_line(compute_seconds: float, resumed: int) -> str:
+    """Report line for runs that may span sessions: the total compute time, and how much was resumed."""
+    text = f"Compute time of every image, summed over the runs that made them: {compute_seconds:.0f} s"
+    if resumed:
+        text += f" ({resumed} images loaded from an earlier, interrupted run into this folder)"
+    return text + ".\n\n"
+
+
 def overlay(image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] = (30, 144, 255), alpha: float = 0.5) -> np.ndarray:
     """``image`` with ``mask`` tinted in ``color`` and its outline drawn (HxWx3 uint8)."""
     import cv2

@@ -1,0 +1,107 @@
+"""Resumable full runs: finished images are stored, reloaded, and never mixed across models or settings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from segany.cli import main
+from segany.eval import resume
+from segany.eval.datasets import default_data_root
+
+DATA = default_data_root()
+needs_data = pytest.mark.skipif(not (DATA / "grabcut").is_dir(), reason="shared eval data not available")
+
+
+def test_store_round_trip_and_seconds(tmp_path: Path):
+    st = resume.ResumeStore(tmp_path, "x", {"model": "a", "n": 1})
+    assert st.get("img/1") is None
+    st.put("img/1", {"seconds": 2.5, "values": [0.1, 0.25], "meta": {"k": "v"}})
+    again = resume.ResumeStore(tmp_path, "x", {"model": "a", "n": 1})
+    assert again.get("img/1") == {"seconds": 2.5, "values": [0.1, 0.25], "meta": {"k": "v"}}
+    assert again.loaded == 1 and again.seconds == 2.5
+    assert again.get("img/2") is None  # never stored
+
+
+def test_store_clears_records_of_another_signature(tmp_path: Path):
+    resume.ResumeStore(tmp_path, "x", {"model": "a"}).put("k", {"seconds": 1.0})
+    other = resume.ResumeStore(tmp_path, "x", {"model": "b"})
+    assert other.get("k") is None
+    # and the old model's records are gone for good, not waiting to resurface
+    assert resume.ResumeStore(tmp_path, "x", {"model": "a"}).get("k") is None
+
+
+def test_store_disabled_recomputes_and_forgets(tmp_path: Path):
+    resume.ResumeStore(tmp_path, "x", {"m": 1}).put("k", {"seconds": 1.0})
+    off = resume.ResumeStore(tmp_path, "x", {"m": 1}, enabled=False)
+    assert off.get("k") is None
+    off.put("k2", {"seconds": 3.0})  # counted, not written
+    assert off.seconds == 3.0 and not (tmp_path / ".resume" / "x").exists()
+
+
+def test_store_ignores_damaged_records(tmp_path: Path):
+    st = resume.ResumeStore(tmp_path, "x", {"m": 1})
+    st.put("k", {"seconds": 1.0})
+    (f,) = [p for p in (tmp_path / ".resume" / "x").glob("*.json") if p.name != resume.SIGNATURE_FILE]
+    f.write_text('{"key": "k", "val')  # a write cut short
+    assert resume.ResumeStore(tmp_path, "x", {"m": 1}).get("k") is None
+    f.write_text(json.dumps({"key": "other", "value": {}}))  # a digest collision is not trusted
+    assert resume.ResumeStore(tmp_path, "x", {"m": 1}).get("k") is None
+
+
+def test_model_fingerprint_tracks_weights():
+    a = torch.nn.Linear(300, 300)
+    b = torch.nn.Linear(300, 300)
+    fa = resume.model_fingerprint(a)
+    assert fa == resume.model_fingerprint(a) and fa != resume.model_fingerprint(b)
+    with torch.no_grad():
+        a.weight[-1, -1] += 1.0  # the last element is always among the sampled values
+    assert resume.model_fingerprint(a) != fa
+    assert resume.model_fingerprint(None) == "none"
+
+
+def _load(out: Path) -> dict:
+    return json.loads((out / "report.json").read_text())
+
+
+@needs_data
+def test_points_run_resumes_with_identical_numbers(tmp_path: Path):
+    out = tmp_path / "points"
+    args = ["eval", "points", "--datasets", "grabcut", "--limit", "3", "--max-clicks", "9", "--out", str(out),
+            "--no-progress", "--threads", "1"]
+    assert main(args) == 0
+    first = _load(out)
+    assert first["images_resumed"] == 0 and first["compute_seconds"] > 0
+    # GrabCut has one object per image: images 0 and 1 give the two example figures and are
+    # always simulated again. Drop image 2's record: the rerun must recompute it, identically.
+    records = sorted((out / ".resume" / "points").glob("*.json"))
+    records = [p for p in records if p.name != resume.SIGNATURE_FILE]
+    assert len(records) == 3
+    victim = next(p for p in records if "/2/" in json.loads(p.read_text())["key"])
+    victim.unlink()
+    assert main(args) == 0
+    second = _load(out)
+    assert second["images_resumed"] == 0
+    assert second["datasets"] == first["datasets"] and second["per_object"] == first["per_object"]
+    assert main(args) == 0  # once more: image 2 is loaded now
+    third = _load(out)
+    assert third["images_resumed"] == 1 and third["datasets"] == first["datasets"]
+    assert main([*args, "--no-resume"]) == 0
+    assert _load(out)["images_resumed"] == 0 and not (out / ".resume" / "points").exists()
+
+
+@needs_data
+def test_edges_baselines_resume_per_method(tmp_path: Path):
+    out = tmp_path / "edges"
+    base = ["eval", "edges", "--limit", "1", "--nthresh", "5", "--out", str(out), "--no-progress", "--no-model"]
+    assert main([*base, "--baselines", "canny"]) == 0
+    canny = _load(out)["methods"]["canny"]
+    # A later run with both baselines loads canny's image and computes sobel's.
+    assert main([*base, "--baselines", "canny", "sobel"]) == 0
+    rep = _load(out)
+    assert rep["methods"]["canny"] == canny and set(rep["methods"]) == {"canny", "sobel"}
+    assert rep["method_seconds"]["canny"] > 0 and rep["compute_seconds"] >= rep["method_seconds"]["canny"]
+    assert "earlier, interrupted run" in (out / "report.md").read_text()
