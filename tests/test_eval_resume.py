@@ -105,3 +105,9 @@ def test_edges_baselines_resume_per_method(tmp_path: Path):
     assert rep["methods"]["canny"] == canny and set(rep["methods"]) == {"canny", "sobel"}
     assert rep["method_seconds"]["canny"] > 0 and rep["compute_seconds"] >= rep["method_seconds"]["canny"]
     assert "earlier, interrupted run" in (out / "report.md").read_text()
+    # the example figure was redrawn with both methods, and is not redrawn again
+    examples = list(out.glob("example_*.png"))
+    assert len(examples) == 1 and (out / ".resume" / "edges-examples-canny+sobel").is_dir()
+    stamp = examples[0].stat().st_mtime_ns
+    assert main([*base, "--baselines", "canny", "sobel"]) == 0
+    assert examples[0].stat().st_mtime_ns == stamp

@@ -213,6 +213,10 @@ def run(
         )
         for m in methods
     }
+    # The example figures show every method of this run: a run with other methods (e.g. a
+    # `--no-model` run filling the same folder) draws its own, and this one redraws them.
+    shown = resume.ResumeStore(out_dir, "edges-examples-" + "+".join(methods), stores[methods[0]].signature
+                               if "segany" in methods else {**common, "methods": methods}, enabled=resume_run)
     t0 = time.time()
     records: dict[str, dict[str, dict[str, Any]]] = {m: {} for m in methods}  # method -> image id -> record
     pool = ProcessPoolExecutor(workers) if workers > 1 else None
@@ -231,7 +235,7 @@ def run(
                     records[m][iid] = rec
             todo = [m for m in methods if iid not in records[m]]
             example_path = out_dir / f"example_{iid}.png"
-            want_example = k < 3 and not example_path.is_file()
+            want_example = k < 3 and (not example_path.is_file() or shown.get(iid) is None)
             if not todo and not want_example:
                 continue
             from ..image_io import load_image
@@ -258,6 +262,7 @@ def run(
                     finish(m, iid, map_seconds, n_kept, _score((maps[m], gts, nthresh)))
             if want_example:
                 _example(image, maps, gts, example_path)
+                shown.put(iid, {"methods": methods})
             still = []
             for job in pending:  # store finished scores as they come, so a kill loses little
                 if job[4].done():
