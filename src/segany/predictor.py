@@ -208,14 +208,19 @@ class SamPredictor:
         prompt_encoder = self.model.prompt_encoder
         sparse, dense = prompt_encoder(points=points, boxes=boxes, masks=mask_input, text=text_embedding)
         image_pe = prompt_encoder.get_dense_pe()
-        cache = None
-        if mask_input is None:
-            # The first decoder layer's image-side projections are prompt-independent when
-            # there is no dense prompt: compute them once per image.
-            if state.decoder_cache is None:
-                src = state.features + dense[:1]
-                state.decoder_cache = build_image_cache(self.model.mask_decoder, src, image_pe)
-            cache = state.decoder_cache
+        # Prompt-independent decoder work (the first layer's image projections with the
+        # no-mask dense prompt, re-laid-out weights) is computed once per image. A mask prompt
+        # makes the image tokens per-prompt: they ride along as ``prompt_src``.
+        if state.decoder_cache is None:
+            no_mask = prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, *state.features.shape[-2:])
+            state.decoder_cache = build_image_cache(self.model.mask_decoder, state.features + no_mask, image_pe)
+        cache = state.decoder_cache
+        if mask_input is not None:
+            if torch.is_grad_enabled():
+                cache = None  # the autograd path recomputes everything from the dense prompt
+            else:
+                src = (state.features + dense).flatten(2).transpose(1, 2)
+                cache = {**cache, "prompt_src": src.expand(len(sparse), -1, -1) if src.shape[0] == 1 else src}
         low_res, iou = self.model.mask_decoder(
             image_embeddings=state.features,
             image_pe=image_pe,

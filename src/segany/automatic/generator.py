@@ -35,6 +35,7 @@ from ..masks import (
     rle_to_mask,
 )
 from ..modeling import Sam
+from ..modeling.fast_decoder import DECODE_CHUNK
 from ..modeling.sam import _source_extent
 from ..predictor import SamPredictor
 from .decoder import GridDecoder
@@ -278,19 +279,26 @@ class SamAutomaticMaskGenerator:
         coords = torch.as_tensor(self.predictor.transform.apply_coords(points, crop_size), device=self.predictor.device)
         labels = torch.ones(coords.shape[0], dtype=torch.int, device=coords.device)
         sparse, _ = self.model.prompt_encoder(points=(coords[:, None, :], labels[:, None]), boxes=None, masks=None)
-        hs, keys = decoder.transformer(sparse)
-        iou_preds = decoder.iou(hs)
-        if self.pred_iou_thresh > 0.0:
-            needed = (iou_preds > self.pred_iou_thresh).any(dim=1).nonzero().flatten()
-        else:
-            needed = torch.arange(len(iou_preds))
-        if len(needed) == 0:
-            return iou_preds, needed, torch.zeros(0, iou_preds.shape[1], 4 * decoder.h, 4 * decoder.w)
         # Only the low-res rows/columns that upsampling to this crop reads are computed.
         factor = self.model.img_size / (4 * decoder.h)
         rows = _source_extent(self.predictor.input_size[0], 4 * decoder.h, factor)
         cols = _source_extent(self.predictor.input_size[1], 4 * decoder.w, factor)
-        return iou_preds, needed, decoder.masks(hs[needed], keys[needed], rows, cols)
+        ious, needed, lows = [], [], []
+        for s in range(0, len(sparse), DECODE_CHUNK):  # small groups stay in the CPU caches
+            hs, keys = decoder.transformer(sparse[s : s + DECODE_CHUNK])
+            iou_preds = decoder.iou(hs)
+            if self.pred_iou_thresh > 0.0:
+                need = (iou_preds > self.pred_iou_thresh).any(dim=1).nonzero().flatten()
+            else:
+                need = torch.arange(len(iou_preds))
+            if len(need):
+                lows.append(decoder.masks(hs[need], keys[need], rows, cols))
+            ious.append(iou_preds)
+            needed.append(need + s)
+        iou_all = torch.cat(ious)
+        if not lows:
+            return iou_all, torch.zeros(0, dtype=torch.long), torch.zeros(0, iou_all.shape[1], 4 * decoder.h, 4 * decoder.w)
+        return iou_all, torch.cat(needed), torch.cat(lows)
 
     def _process_batch(
         self,
