@@ -88,6 +88,7 @@ def test_points_summary_uses_last_iou_after_an_early_stop():
     s = points.summarize([tr], max_clicks=20)
     assert s["top"]["mIoU"]["1"] == 0.5 and s["top"]["mIoU"]["9"] == 1.0
     assert s["top"]["NoC@85"] == 2 and s["oracle"]["mIoU"]["1"] == 0.7
+    assert "NoC@85" not in s["oracle"]  # NoC is the top track's protocol; the oracle stops after 9 clicks
 
 
 def test_bootstrap_ci():
