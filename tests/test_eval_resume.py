@@ -52,6 +52,24 @@ def test_store_ignores_damaged_records(tmp_path: Path):
     assert resume.ResumeStore(tmp_path, "x", {"m": 1}).get("k") is None
 
 
+def test_partial_store_reads_only(tmp_path: Path):
+    resume.ResumeStore(tmp_path, "x", {"m": 1}).put("k", {"seconds": 2.0})
+    part = resume.ResumeStore(tmp_path, "x", {"m": 1}, partial=True)
+    assert part.get("k") == {"seconds": 2.0} and part.loaded == 1
+    assert not part.skip(part.get("k")) and part.skip(part.get("missing")) and part.skipped == 1
+    with pytest.raises(RuntimeError, match="read-only"):
+        part.put("k2", {"seconds": 1.0})
+    part.check_partial("images")  # something was finished: no error
+    # another signature reads nothing and deletes nothing
+    other = resume.ResumeStore(tmp_path, "x", {"m": 2}, partial=True)
+    assert other.get("k") is None
+    with pytest.raises(ValueError, match="no finished images"):
+        other.check_partial("images")
+    assert resume.ResumeStore(tmp_path, "x", {"m": 1}).get("k") == {"seconds": 2.0}
+    with pytest.raises(ValueError, match="--no-resume"):
+        resume.ResumeStore(tmp_path, "x", {"m": 1}, enabled=False, partial=True)
+
+
 def test_model_fingerprint_tracks_weights():
     a = torch.nn.Linear(300, 300)
     b = torch.nn.Linear(300, 300)
@@ -82,8 +100,17 @@ def test_points_run_resumes_with_identical_numbers(tmp_path: Path):
     assert len(records) == 3
     victim = next(p for p in records if "/2/" in json.loads(p.read_text())["key"])
     victim.unlink()
+    # --partial reports the two finished images and computes nothing
+    assert main([*args, "--partial"]) == 0
+    part = _load(out)
+    assert part["partial"] == {"images_finished": 2, "images_total": 3}
+    assert part["datasets"]["grabcut"]["images"] == 2 and part["datasets"]["grabcut"]["objects"] == 2
+    assert part["per_object"]["grabcut"] == first["per_object"]["grabcut"][:2]
+    assert "Partial report: 2 of 3 images" in (out / "report.md").read_text()
+    assert not victim.exists()
     assert main(args) == 0
     second = _load(out)
+    assert second["partial"] is None
     assert second["images_resumed"] == 0
     assert second["datasets"] == first["datasets"] and second["per_object"] == first["per_object"]
     assert main(args) == 0  # once more: image 2 is loaded now
@@ -94,11 +121,16 @@ def test_points_run_resumes_with_identical_numbers(tmp_path: Path):
 
 
 @needs_data
-def test_edges_baselines_resume_per_method(tmp_path: Path):
+def test_edges_baselines_resume_per_method(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     out = tmp_path / "edges"
     base = ["eval", "edges", "--limit", "1", "--nthresh", "5", "--out", str(out), "--no-progress", "--no-model"]
     assert main([*base, "--baselines", "canny"]) == 0
     canny = _load(out)["methods"]["canny"]
+    # sobel has finished nothing yet: a partial report of both methods has no image to show
+    assert main([*base, "--baselines", "canny", "sobel", "--partial"]) == 2
+    assert "no image finished by every method" in capsys.readouterr().err
+    assert main([*base, "--baselines", "canny", "--partial"]) == 0
+    assert _load(out)["methods"]["canny"] == canny and _load(out)["partial"] == {"images_finished": 1, "images_total": 1}
     # A later run with both baselines loads canny's image and computes sobel's.
     assert main([*base, "--baselines", "canny", "sobel"]) == 0
     rep = _load(out)

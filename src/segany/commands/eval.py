@@ -30,6 +30,11 @@ def _add_common(p: argparse.ArgumentParser, default_out: str) -> None:
         help="recompute every image (default: images finished by an earlier, interrupted run into the same --out "
              "with the same model and settings are loaded from OUT/.resume)",
     )
+    p.add_argument(
+        "--partial", action="store_true",
+        help="compute nothing: report the images already finished in OUT/.resume (e.g. while the full run goes on "
+             "in another process); the report says how many of how many",
+    )
 
 
 def register(subparsers: Any) -> None:
@@ -166,7 +171,7 @@ def run_points(args: argparse.Namespace) -> int:
     model, info, command = _setup(args)
     res = points.run(
         SamPredictor(model), data, Path(args.out), info, command, args.first_click, args.max_clicks, args.seed,
-        not args.no_progress, resume_run=not args.no_resume,
+        not args.no_progress, resume_run=not args.no_resume, partial=args.partial,
     )
     m = res["mean"]["top"]
     return _done(Path(args.out), f"mean mIoU@1 {100 * m['mIoU']['1']:.1f}  @9 {100 * m['mIoU']['9']:.1f}  NoC@90 {m['NoC@90']:.2f}")
@@ -188,7 +193,7 @@ def run_prompts(args: argparse.Namespace) -> int:
         SamPredictor(model), data, Path(args.out), info, command, baselines=baselines,
         grabcut_iters=args.grabcut_iters, grabcut_box_context=args.grabcut_box_context,
         grabcut_click_context=args.grabcut_click_context, seed=args.seed,
-        show_progress=not args.no_progress, resume_run=not args.no_resume,
+        show_progress=not args.no_progress, resume_run=not args.no_resume, partial=args.partial,
     )
     m = res["mean"]["mIoU"]
     line = "  ".join(
@@ -212,7 +217,7 @@ def run_edges(args: argparse.Namespace) -> int:
     res = edges.run(
         model, Path(args.out), info, command, split=args.split, nthresh=args.nthresh, baselines_=args.baselines,
         limit=args.limit, seed=args.seed, data_root=args.data_root, workers=args.workers,
-        points_per_side=args.points_per_side, resume_run=not args.no_resume,
+        points_per_side=args.points_per_side, resume_run=not args.no_resume, partial=args.partial,
         show_progress=not args.no_progress,
     )
     line = "  ".join(f"{k} ODS {v['ODS']:.3f}" for k, v in res["methods"].items())
@@ -227,7 +232,7 @@ def run_proposals(args: argparse.Namespace) -> int:
     name, images = next(iter(data.items()))
     res = proposals.run(
         model, name, images, Path(args.out), info, command, points_per_side=args.points_per_side,
-        show_progress=not args.no_progress, resume_run=not args.no_resume,
+        show_progress=not args.no_progress, resume_run=not args.no_resume, partial=args.partial,
     )
     return _done(Path(args.out), f"AR@1000 {res['AR@1000']['all']:.3f}")
 
@@ -235,6 +240,8 @@ def run_proposals(args: argparse.Namespace) -> int:
 def run_instances(args: argparse.Namespace) -> int:
     from ..eval import instances
 
+    if args.partial:
+        raise ValueError("eval instances is not resumable (it takes minutes): run it without --partial")
     data = _load_datasets([args.dataset], args)
     model, info, command = _setup(args)
     name, images = next(iter(data.items()))
@@ -254,6 +261,6 @@ def run_fairness(args: argparse.Namespace) -> int:
     res = fairness.run(
         SamPredictor(model), data, Path(args.out), info, command, group_by=args.group_by, metadata_csv=args.metadata,
         first=args.first_click, seed=args.seed, n_boot=args.bootstrap, show_progress=not args.no_progress,
-        resume_run=not args.no_resume,
+        resume_run=not args.no_resume, partial=args.partial,
     )
     return _done(Path(args.out), f"{len(res['groups'])} group columns evaluated")

@@ -177,9 +177,14 @@ def run(
     show_progress: bool = True,
     points_per_side: int | None = None,
     resume_run: bool = True,
+    partial: bool = False,
     **kwargs: Any,
 ) -> dict[str, Any]:
-    """Edge maps for a BSDS500 split from segany (unless ``model`` is None) and the baselines, scored alike."""
+    """Edge maps for a BSDS500 split from segany (unless ``model`` is None) and the baselines, scored alike.
+
+    ``partial``: report only the images every method has finished (in ``out_dir/.resume``),
+    computing nothing, e.g. while the full run goes on in another process.
+    """
     from .datasets import default_data_root
 
     if "baselines" in kwargs:
@@ -209,18 +214,20 @@ def run(
             out_dir, f"edges-{m}",
             {**common, "model": resume.model_fingerprint(model), "preset": preset("edges", **overrides)}
             if m == "segany" else {**common, "method": m},
-            enabled=resume_run,
+            enabled=resume_run, partial=partial,
         )
         for m in methods
     }
     # The example figures show every method of this run: a run with other methods (e.g. a
     # `--no-model` run filling the same folder) draws its own, and this one redraws them.
     shown = resume.ResumeStore(out_dir, "edges-examples-" + "+".join(methods), stores[methods[0]].signature
-                               if "segany" in methods else {**common, "methods": methods}, enabled=resume_run)
+                               if "segany" in methods else {**common, "methods": methods}, enabled=resume_run,
+                               partial=partial)
     t0 = time.time()
     records: dict[str, dict[str, dict[str, Any]]] = {m: {} for m in methods}  # method -> image id -> record
     pool = ProcessPoolExecutor(workers) if workers > 1 else None
     pending: list[tuple[str, str, float, int | None, Any]] = []
+    skipped = 0
 
     def finish(m: str, iid: str, map_seconds: float, n_kept: int | None, scored: tuple[bsds.ImageCounts, float]) -> None:
         rec = {"seconds": map_seconds + scored[1], "masks_kept": n_kept, "counts": _counts_to_json(scored[0])}
@@ -234,6 +241,9 @@ def run(
                 if rec is not None:
                     records[m][iid] = rec
             todo = [m for m in methods if iid not in records[m]]
+            if partial:
+                skipped += bool(todo)
+                continue
             example_path = out_dir / f"example_{iid}.png"
             want_example = k < 3 and (not example_path.is_file() or shown.get(iid) is None)
             if not todo and not want_example:
@@ -275,6 +285,11 @@ def run(
     finally:
         if pool is not None:
             pool.shutdown()
+    if partial:
+        items = [it for it in items if all(it[0] in records[m] for m in methods)]
+        if not items:
+            raise ValueError(f"--partial: no image finished by every method ({', '.join(methods)}) in "
+                             f"{out_dir / '.resume'} for this model and these settings")
     counts = {m: [_counts_from_json(records[m][iid]["counts"]) for iid, _, _ in items] for m in methods}
     method_seconds = {m: float(sum(records[m][iid]["seconds"] for iid, _, _ in items)) for m in methods}
     masks_kept = [records["segany"][iid]["masks_kept"] for iid, _, _ in items] if "segany" in methods else []
@@ -291,6 +306,7 @@ def run(
         "method_seconds": method_seconds,
         "compute_seconds": float(sum(method_seconds.values())),
         "images_resumed": max(st.loaded for st in stores.values()),
+        "partial": {"images_finished": len(items), "images_total": len(items) + skipped} if partial else None,
         "mean_masks_after_nms": float(np.mean(masks_kept)) if masks_kept else None,
         "paper_table3": PAPER_TABLE3,
         "seconds": seconds,
@@ -304,7 +320,8 @@ def run(
         md = report.header_markdown(title, model_info, command, seconds)
     else:
         md = f"# {title}\n\n- command: `{command}`\n- wall time: {seconds:.0f} s\n\n"
-    md += report.resume_line(out["compute_seconds"], out["images_resumed"])
+    md += (report.resume_line(out["compute_seconds"], len(items), skipped) if partial
+           else report.resume_line(out["compute_seconds"], out["images_resumed"]))
     md += (f"{len(items)} images of the `{split}` split, {nthresh} thresholds, tolerance "
            f"{bsds.DEFAULT_MAX_DIST} x diagonal, all annotators.\n\n")
     rows = [[m, r.ods, r.ois, r.ap, r.r50, method_seconds[m] / max(len(items), 1)] for m, r in results.items()]
@@ -313,7 +330,8 @@ def run(
     md += "\nRows marked (paper) are the SAM paper's table 3, for reference (ViT-H, full test split).\n\n"
     md += "![precision/recall](pr_curve.png)\n\n"
     for iid, _, _ in items[:3]:
-        md += f"![{iid}](example_{iid}.png)\n"
+        if (out_dir / f"example_{iid}.png").is_file():
+            md += f"![{iid}](example_{iid}.png)\n"
     md += "\nExamples: image, " + ", ".join(methods) + ", human boundaries (darker = more annotators).\n"
     report.write_json(out_dir / "report.json", out)
     report.write_text(out_dir / "report.md", md)

@@ -111,12 +111,14 @@ def run(
     n_boot: int = 1000,
     show_progress: bool = True,
     resume_run: bool = True,
+    partial: bool = False,
 ) -> dict[str, Any]:
-    """Simulate 3 clicks per object, group by each column and write the report (resumable, as ``eval points``)."""
+    """Simulate 3 clicks per object, group by each column and write the report (resumable, as ``eval points``;
+    ``partial``: report the finished images only)."""
     meta = read_metadata(metadata_csv) if metadata_csv else {}
     out_dir = Path(out_dir)
-    store = resume_store(out_dir, "fairness", predictor, resume_run, first=first, max_clicks=max(FAIRNESS_CLICKS),
-                         seed=seed)
+    store = resume_store(out_dir, "fairness", predictor, resume_run, partial, first=first,
+                         max_clicks=max(FAIRNESS_CLICKS), seed=seed)
     t0 = time.time()
     traces: list[ObjectTrace] = []
     total = sum(len(v) for v in datasets.values())
@@ -127,6 +129,7 @@ def run(
             traces.extend(tr)
     for tr in traces:
         tr.meta.update(meta.get(str(tr.meta.get("image")), {}))
+    store.check_partial("images")
     if not traces:
         raise ValueError("no objects to evaluate")
     groups = {c: group_table(traces, c, n_boot, seed) for c in group_by}
@@ -141,9 +144,10 @@ def run(
         "seconds": seconds,
         "compute_seconds": store.seconds,
         "images_resumed": store.loaded,
+        "partial": report.partial_info(store),
     }
     md = report.header_markdown("Fairness across groups (paper section 6, table 2)", model_info, command, seconds)
-    md += report.resume_line(store.seconds, store.loaded)
+    md += report.resume_line(store.seconds, store.loaded, store.skipped if partial else None)
     md += (f"{len(traces)} objects from {', '.join(datasets)}; {first} first click; mIoU (%) with 95% percentile "
            f"bootstrap intervals ({n_boot} resamples).\n\n")
     for column, table in groups.items():

@@ -205,7 +205,10 @@ def evaluate_dataset(
     examples: list[dict[str, Any]] = []
     for idx, im in enumerate(images):
         key = f"{im.dataset}/{idx}/{im.image_id}"
-        rec = store.get(key) if store is not None and len(examples) >= keep_examples else None
+        wanted = store is not None and (store.partial or len(examples) >= keep_examples)
+        rec = store.get(key) if wanted else None
+        if store is not None and store.skip(rec):
+            continue
         if rec is not None:
             traces.extend(ObjectTrace(meta=t["meta"], ious=t["ious"]) for t in rec["traces"])
             if progress is not None:
@@ -233,12 +236,12 @@ def evaluate_dataset(
 
 
 def resume_store(
-    out_dir: Path, experiment: str, predictor: SamPredictor, enabled: bool, **settings: Any
+    out_dir: Path, experiment: str, predictor: SamPredictor, enabled: bool, partial: bool = False, **settings: Any
 ) -> resume.ResumeStore:
     """The store of a click-simulation run: keyed by the model's weights and the simulation settings."""
     return resume.ResumeStore(
         out_dir, experiment, {"model": resume.model_fingerprint(predictor.model), "clicks": CLICK_COUNTS,
-                              "noc": NOC_THRESHOLDS, **settings}, enabled=enabled)
+                              "noc": NOC_THRESHOLDS, **settings}, enabled=enabled, partial=partial)
 
 
 # --------------------------------------------------------------------------- report
@@ -293,16 +296,20 @@ def run(
     seed: int = 0,
     show_progress: bool = True,
     resume_run: bool = True,
+    partial: bool = False,
 ) -> dict[str, Any]:
     """Evaluate every data set and write ``report.json``, ``report.md``, ``miou_vs_points.png`` and examples.
 
     Finished images are kept in ``out_dir/.resume``: a rerun after an interruption (same
     model, settings and data) continues where it stopped, unless ``resume_run`` is False.
+    ``partial``: report only the images finished so far, computing nothing; data sets with
+    none finished are left out.
     """
     if max_clicks < max(CLICK_COUNTS):
         raise ValueError(f"--max-clicks must be >= {max(CLICK_COUNTS)} (mIoU is reported up to 9 clicks), got {max_clicks}")
     out_dir = Path(out_dir)
-    store = resume_store(out_dir, "points", predictor, resume_run, first=first, max_clicks=max_clicks, seed=seed)
+    store = resume_store(out_dir, "points", predictor, resume_run, partial, first=first, max_clicks=max_clicks,
+                         seed=seed)
     t0 = time.time()
     per_dataset: dict[str, dict[str, Any]] = {}
     all_traces: dict[str, list[ObjectTrace]] = {}
@@ -310,13 +317,18 @@ def run(
     with tqdm(total=total, desc="eval points", unit="img", disable=not show_progress) as bar:
         for name, images in datasets.items():
             bar.set_postfix_str(name)
+            before = store.loaded
             traces, examples = evaluate_dataset(predictor, images, first, max_clicks, seed, bar.update, store=store)
+            done = store.loaded - before if partial else len(images)
+            if partial and not traces:
+                continue  # nothing of this data set finished yet
             if not traces:
                 raise ValueError(f"data set {name} has no objects to evaluate")
             all_traces[name] = traces
-            per_dataset[name] = {"images": len(images), **summarize(traces, max_clicks)}
+            per_dataset[name] = {"images": done, **summarize(traces, max_clicks)}
             for k, ex in enumerate(examples):
                 _example_png(ex, out_dir / f"example_{name}_{k}.png")
+    store.check_partial("images")
     mean: dict[str, Any] = {
         t: {"mIoU": {str(n): float(np.mean([r[t]["mIoU"][str(n)] for r in per_dataset.values()])) for n in CLICK_COUNTS}}
         for t in TRACKS
@@ -335,6 +347,7 @@ def run(
         "seconds": seconds,
         "compute_seconds": store.seconds,
         "images_resumed": store.loaded,
+        "partial": report.partial_info(store),
         "per_object": {
             name: [{"meta": tr.meta, "iou_top": tr.ious["top"], "iou_oracle": tr.ious["oracle"]} for tr in traces]
             for name, traces in all_traces.items()
@@ -342,7 +355,7 @@ def run(
     }
     _plot_curves(per_dataset, out_dir / "miou_vs_points.png", f"point-to-mask, {first} first click")
     md = report.header_markdown("Zero-shot point-to-mask evaluation (paper 7.1 / D.1)", model_info, command, seconds)
-    md += report.resume_line(store.seconds, store.loaded)
+    md += report.resume_line(store.seconds, store.loaded, store.skipped if partial else None)
     md += f"First click: **{first}**; later clicks at the deepest error; NoC capped at {max_clicks} clicks.\n\n"
     header = ["data set", "images", "objects"] + [f"mIoU@{n}" for n in CLICK_COUNTS] + ["oracle@1", "oracle@3", "NoC@85", "NoC@90"]
     rows = []

@@ -266,7 +266,9 @@ def evaluate_dataset(
     example = None
     for im in images:
         key = f"{im.dataset}/{im.image_id}"
-        rec = store.get(key) if store is not None and example is not None else None
+        rec = store.get(key) if store is not None and (store.partial or example is not None) else None
+        if store is not None and store.skip(rec):
+            continue
         if rec is not None:
             results.extend(ObjectResult(**r) for r in rec["objects"])
             if timing is not None:
@@ -415,11 +417,13 @@ def run(
     seed: int = 0,
     show_progress: bool = True,
     resume_run: bool = True,
+    partial: bool = False,
 ) -> dict[str, Any]:
     """Evaluate every data set; write ``report.json``, ``report.md``, ``miou_by_prompt.png`` and ``example_<set>.png``.
 
     Finished images are kept in ``out_dir/.resume`` (see :mod:`segany.eval.resume`), so an
-    interrupted full run continues where it stopped.
+    interrupted full run continues where it stopped. ``partial``: report only the images
+    finished so far, computing nothing.
     """
     unknown = sorted(set(baselines) - set(BASELINES))
     if unknown:
@@ -435,7 +439,7 @@ def run(
         {"model": resume.model_fingerprint(predictor.model), "baselines": sorted(baselines), "grabcut_iters": grabcut_iters,
          "grabcut_box_context": grabcut_box_context, "grabcut_click_context": grabcut_click_context, "seed": seed,
          "clicks": N_CLICKS},
-        enabled=resume_run,
+        enabled=resume_run, partial=partial,
     )
     t0 = time.time()
     per_dataset: dict[str, dict[str, Any]] = {}
@@ -445,13 +449,16 @@ def run(
     with tqdm(total=total, desc="eval prompts", unit="img", disable=not show_progress) as bar:
         for name, images in datasets.items():
             bar.set_postfix_str(name)
+            before = store.loaded
             results, example = evaluate_dataset(
                 predictor, images, baselines, grabcut_iters, grabcut_box_context, grabcut_click_context, seed,
                 bar.update, timing, store,
             )
+            if partial and not results:
+                continue  # nothing of this data set finished yet
             if not results:
                 raise ValueError(f"data set {name} has no objects to evaluate")
-            per_dataset[name] = {"images": len(images), **summarize(results)}
+            per_dataset[name] = {"images": store.loaded - before if partial else len(images), **summarize(results)}
             per_object[name] = [
                 {"meta": r.meta, "box_xyxy": r.box, "model_box": r.model_box, "model_clicks": r.model_clicks,
                  "model_oracle_1pt": r.model_oracle_1pt, "grabcut_box": r.grabcut_box, "box_fill": r.box_fill,
@@ -460,6 +467,7 @@ def run(
             ]
             if example is not None:
                 _example_png(example, out_dir / f"example_{name}.png")
+    store.check_partial("images")
     columns = _active_columns(baselines)
     mean: dict[str, Any] = {
         "mIoU": {
@@ -495,12 +503,13 @@ def run(
         "timing_seconds": timing,
         "compute_seconds": store.seconds,
         "images_resumed": store.loaded,
+        "partial": report.partial_info(store),
         "per_object": per_object,
     }
     rows = {**per_dataset, "mean": mean}
     _plot_bars(rows, columns, out_dir / "miou_by_prompt.png", "single prompt and few clicks: model vs classical")
     md = report.header_markdown("Single-prompt and few-click mIoU: model vs classical baselines", model_info, command, seconds)
-    md += report.resume_line(store.seconds, store.loaded)
+    md += report.resume_line(store.seconds, store.loaded, store.skipped if partial else None)
     md += (
         f"Same objects, same IoU code for every column. Box = the ground-truth mask's tight box; 1 pt = "
         f"the mask centre; {N_CLICKS} clicks = centre, then each click at the deepest error of the "

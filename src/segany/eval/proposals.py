@@ -57,11 +57,13 @@ def run(
     points_per_side: int | None = None,
     show_progress: bool = True,
     resume_run: bool = True,
+    partial: bool = False,
 ) -> dict[str, Any]:
     """Generate proposals for every image and write the AR report.
 
     Finished images are kept in ``out_dir/.resume`` (see :mod:`segany.eval.resume`), so an
-    interrupted full run continues where it stopped.
+    interrupted full run continues where it stopped. ``partial``: AR over the images
+    finished so far (pycocotools restricted to their ids), computing nothing.
     """
     from pycocotools.coco import COCO
 
@@ -76,14 +78,17 @@ def run(
     generator = SamAutomaticMaskGenerator(model, output_mode="uncompressed_rle", **settings)
     out_dir = Path(out_dir)
     store = resume.ResumeStore(out_dir, "proposals", {"model": resume.model_fingerprint(model), "preset": settings},
-                               enabled=resume_run)
+                               enabled=resume_run, partial=partial)
     t0 = time.time()
     results: list[dict[str, Any]] = []
     counts = []
+    finished: list[int] = []
     for k, im in enumerate(tqdm(images, desc="eval proposals", unit="img", disable=not show_progress)):
         key = f"{name}/{im.image_id}"
         figure = out_dir / f"proposals_{im.image_id}.png"
-        rec = store.get(key) if k > 0 or figure.is_file() else None
+        rec = store.get(key) if partial or k > 0 or figure.is_file() else None
+        if store.skip(rec):
+            continue
         if rec is None:
             ts = time.time()
             pixels = im.image()
@@ -105,21 +110,24 @@ def run(
             store.put(key, rec)
         counts.append(len(rec["proposals"]))
         results.extend(rec["proposals"])
-    ar = coco_recall(gt, results, [int(i) for i in coco_ids], use_cats=False)
+        finished.append(int(im.meta["coco_id"]))
+    store.check_partial("images")
+    ar = coco_recall(gt, results, finished, use_cats=False)
     seconds = time.time() - t0
     out = {
         "experiment": "proposals",
         "model": model_info,
-        "settings": {"dataset": name, "images": len(images), **settings},
+        "settings": {"dataset": name, "images": len(finished), **settings},
         "AR@1000": ar,
         "mean_proposals_per_image": float(np.mean(counts)) if counts else 0.0,
         "seconds": seconds,
         "compute_seconds": store.seconds,
         "images_resumed": store.loaded,
+        "partial": report.partial_info(store),
     }
     md = report.header_markdown("Zero-shot object proposals (paper 7.3 / D.3)", model_info, command, seconds)
-    md += report.resume_line(store.seconds, store.loaded)
-    md += (f"{len(images)} images of `{name}`, preset `proposals` ({settings['points_per_side']}x"
+    md += report.resume_line(store.seconds, store.loaded, store.skipped if partial else None)
+    md += (f"{len(finished)} images of `{name}`, preset `proposals` ({settings['points_per_side']}x"
            f"{settings['points_per_side']} grid, NMS {settings['box_nms_thresh']}, no IoU/stability filter, "
            f"top {settings['max_masks']}); {out['mean_proposals_per_image']:.0f} proposals per image on average.\n\n")
     md += report.markdown_table(
@@ -128,7 +136,7 @@ def run(
         digits=1,
     )
     md += "\nAR in %, computed by pycocotools (segm, class-agnostic). The paper reports SAM ViT-H AR@1000 59.3 on LVIS v1.\n\n"
-    if images:
+    if images and (out_dir / f"proposals_{images[0].image_id}.png").is_file():
         md += f"![proposals](proposals_{images[0].image_id}.png)\n"
     report.write_json(out_dir / "report.json", out)
     report.write_text(out_dir / "report.md", md)

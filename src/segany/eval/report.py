@@ -128,12 +128,27 @@ def header_markdown(title: str, model_info: dict[str, Any], command: str, second
     return "\n".join(lines) + "\n\n"
 
 
-def resume_line(compute_seconds: float, resumed: int) -> str:
-    """Report line for runs that may span sessions: the total compute time, and how much was resumed."""
+def resume_line(compute_seconds: float, resumed: int, skipped: int | None = None) -> str:
+    """Report line for runs that may span sessions: the total compute time, and how much was resumed.
+
+    ``skipped`` (a ``--partial`` report): the images not finished yet. The report then says
+    loudly that its numbers cover only the finished images and will change.
+    """
     text = f"Compute time of every image, summed over the runs that made them: {compute_seconds:.0f} s"
-    if resumed:
+    if skipped is not None:
+        text = (f"**Partial report: {resumed} of {resumed + skipped} images finished.** The numbers cover the "
+                "finished images only and will change when the run completes (rerun without `--partial`).\n\n"
+                + text)
+    elif resumed:
         text += f" ({resumed} images loaded from an earlier, interrupted run into this folder)"
     return text + ".\n\n"
+
+
+def partial_info(store: Any) -> dict[str, int] | None:
+    """The ``partial`` field of a report.json: finished and total images, or None for a complete run."""
+    if not getattr(store, "partial", False):
+        return None
+    return {"images_finished": int(store.loaded), "images_total": int(store.loaded + store.skipped)}
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] = (30, 144, 255), alpha: float = 0.5) -> np.ndarray:

@@ -12,6 +12,10 @@ first, so results of another model or setting never mix into a report.
 Files are JSON (never pickle) and written atomically, so a kill mid-write loses at most the
 image being written. Each record carries the seconds its image took, so a report can state
 the compute time of the whole run, summed over the sessions that produced it.
+
+A *partial* store (``--partial``) only reads: a report of the images finished so far, while
+the run itself is still going on in another process or waits for the next session. It never
+clears or writes records, and the loops skip the images it does not hold.
 """
 
 from __future__ import annotations
@@ -59,13 +63,22 @@ class ResumeStore:
             other signature are deleted when the store opens.
         enabled: False turns the store off (every ``get`` misses, nothing is written), for
             ``--no-resume``; the old records are cleared so they cannot resurface later.
+        partial: read-only, for a report of the finished images (see the module docstring):
+            records of another signature are ignored, not deleted, and ``put`` is refused.
     """
 
-    def __init__(self, out_dir: str | Path, experiment: str, signature: dict[str, Any], enabled: bool = True):
+    def __init__(
+        self, out_dir: str | Path, experiment: str, signature: dict[str, Any], enabled: bool = True,
+        partial: bool = False,
+    ):
+        if partial and not enabled:
+            raise ValueError("--partial reports the stored images, so it cannot be combined with --no-resume")
         self.dir = Path(out_dir) / ".resume" / experiment
         self.enabled = enabled
+        self.partial = partial
         self.signature = report._jsonable(signature)
         self.loaded = 0
+        self.skipped = 0  # partial mode: images without a record, left out of the report
         self.seconds = 0.0  # compute seconds of every record got or put: the run's total, across sessions
         sig_path = self.dir / SIGNATURE_FILE
         stale = not enabled
@@ -74,6 +87,11 @@ class ResumeStore:
                 stale = stale or json.loads(sig_path.read_text()) != self.signature
             except (OSError, ValueError):
                 stale = True
+        elif partial:
+            stale = True  # nothing of this signature was ever stored
+        if partial:
+            self.enabled = not stale  # read what matches; never delete what does not
+            return
         if stale and self.dir.exists():
             shutil.rmtree(self.dir)
         if enabled and not sig_path.is_file():
@@ -100,8 +118,26 @@ class ResumeStore:
         self.seconds += float(rec["value"].get("seconds", 0.0) or 0.0)
         return rec["value"]
 
+    def skip(self, rec: dict[str, Any] | None) -> bool:
+        """True when the image of ``rec`` (a :meth:`get` result) must be left out: a partial
+        report and no record. Counts it in :attr:`skipped`."""
+        if rec is None and self.partial:
+            self.skipped += 1
+            return True
+        return False
+
+    def check_partial(self, what: str) -> None:
+        """Fail clearly when a partial report would hold nothing."""
+        if self.partial and self.loaded == 0:
+            raise ValueError(
+                f"--partial: no finished {what} in {self.dir} for this model and these settings; "
+                "run the command without --partial first (it resumes and stores each image as it finishes)"
+            )
+
     def put(self, key: str, value: dict[str, Any]) -> None:
         """Store the record of a finished image (atomically); a ``seconds`` field adds to :attr:`seconds`."""
+        if self.partial:
+            raise RuntimeError("a partial (read-only) store cannot store records")
         self.seconds += float(value.get("seconds", 0.0) or 0.0)
         if self.enabled:
             report.write_json(self._path(key), {"key": key, "value": value})
