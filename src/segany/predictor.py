@@ -211,14 +211,13 @@ class SamPredictor:
         # Prompt-independent decoder work (the first layer's image projections with the
         # no-mask dense prompt, re-laid-out weights) is computed once per image. A mask prompt
         # makes the image tokens per-prompt: they ride along as ``prompt_src``.
-        if state.decoder_cache is None:
-            no_mask = prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, *state.features.shape[-2:])
-            state.decoder_cache = build_image_cache(self.model.mask_decoder, state.features + no_mask, image_pe)
-        cache = state.decoder_cache
-        if mask_input is not None:
-            if torch.is_grad_enabled():
-                cache = None  # the autograd path recomputes everything from the dense prompt
-            else:
+        cache = None  # the autograd path with a mask prompt recomputes everything from the dense prompt
+        if mask_input is None or not torch.is_grad_enabled():
+            if state.decoder_cache is None:
+                no_mask = prompt_encoder.no_mask_dense(1, tuple(state.features.shape[-2:]))
+                state.decoder_cache = build_image_cache(self.model.mask_decoder, state.features + no_mask, image_pe)
+            cache = state.decoder_cache
+            if mask_input is not None:
                 src = (state.features + dense).flatten(2).transpose(1, 2)
                 cache = {**cache, "prompt_src": src.expand(len(sparse), -1, -1) if src.shape[0] == 1 else src}
         low_res, iou = self.model.mask_decoder(

@@ -27,8 +27,7 @@ class GridDecoder:
         pe_layer = model.prompt_encoder
         dec = model.mask_decoder
         image_pe = pe_layer.get_dense_pe()
-        dense = pe_layer.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, *pe_layer.image_embedding_size)
-        src = features + dense
+        src = features + pe_layer.no_mask_dense(1)
         _, _, self.h, self.w = src.shape
         self.cache = build_image_cache(dec, src, image_pe)
 

@@ -99,7 +99,7 @@ class SamOnnxDecoder(nn.Module):
     def _dense_embeddings(self, mask_input: torch.Tensor, has_mask_input: torch.Tensor) -> torch.Tensor:
         """Mask prompt embedding, or the learned 'no mask' embedding when has_mask_input is 0."""
         from_mask = self.prompt_encoder.mask_downscaling(mask_input)
-        no_mask = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        no_mask = self.prompt_encoder.no_mask_dense(1, (1, 1))  # broadcast over the grid
         w = has_mask_input.reshape(1, 1, 1, 1)
         return from_mask * w + no_mask * (1.0 - w)
 

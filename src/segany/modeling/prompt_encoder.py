@@ -196,10 +196,15 @@ class PromptEncoder(nn.Module):
             sparse = torch.cat(tokens, dim=1) if len(tokens) > 1 else tokens[0]
         else:
             sparse = torch.empty((bs, 0, self.embed_dim), device=self._get_device())
-        if masks is not None:
-            dense = self._embed_masks(masks)
-        else:
-            dense = self.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(
-                bs, -1, self.image_embedding_size[0], self.image_embedding_size[1]
-            )
+        dense = self._embed_masks(masks) if masks is not None else self.no_mask_dense(bs)
         return sparse, dense
+
+    def no_mask_dense(self, batch: int = 1, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """The dense prompt of "no mask": the learned ``no_mask_embed`` at every position.
+
+        Returned as an expanded view (batch x C x H x W, no copy): the decoder only adds it to
+        the image embedding. ``size`` defaults to the image embedding grid; the decoder caches,
+        the ONNX graph and training build it at other grids or batch sizes.
+        """
+        h, w = self.image_embedding_size if size is None else size
+        return self.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(batch, -1, h, w)

@@ -241,9 +241,7 @@ def simulate_episode(
             single_prompt = False
         sparse = embed_prompt_tokens(pe_layer, coords, labels)
         if feedback is None:
-            dense = pe_layer.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(
-                len(emb), -1, *pe_layer.image_embedding_size
-            )
+            dense = pe_layer.no_mask_dense(len(emb))
         else:
             dense = pe_layer.mask_downscaling(feedback.detach().to(emb.dtype))
         low_res, iou_pred = sam.mask_decoder(

@@ -145,7 +145,7 @@ def pretrain_decoder_synthetic(
                                        config.max_shapes, config.noise)
         coords, labels = first_prompts(target, sizes, prompts, generator)  # box noise scales with the frame
         sparse = embed_prompt_tokens(small_pe, coords, labels)
-        dense = small_pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(m, -1, grid, grid)
+        dense = small_pe.no_mask_dense(m, (grid, grid))
         image_pe = small_pe.get_dense_pe()
         low, iou = small_dec(emb, image_pe, sparse, dense, multimask_output=True)
         tgt = downsample_targets(target, low.shape[-1])
