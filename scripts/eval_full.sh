@@ -7,12 +7,13 @@
 #   bash scripts/eval_full.sh a        # lane a: segany edge maps, then the proposals (64x64 grid)
 #   bash scripts/eval_full.sh b        # lane b: Canny/Sobel edges, points, instances, fairness, prompts
 #   bash scripts/eval_full.sh report   # every report, from the stored images (computes what is missing)
+#   bash scripts/eval_full.sh partial  # reports of what is finished so far, computing nothing (any time)
 #   bash scripts/eval_full.sh b --checkpoint sam_vit_b_01ec64.pth   # extra arguments go to every command
 #
 # Logs: eval_full/<lane>.log. Reports: eval_full/<experiment>/report.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-lane=${1:?usage: eval_full.sh a|b|report [segany eval options]}
+lane=${1:?usage: eval_full.sh a|b|report|partial [segany eval options]}
 shift
 SEG=".venv/bin/segany"
 OUT=eval_full
@@ -22,7 +23,10 @@ run() {  # run <experiment> <args...>: one resumable command, timed
   shift
   echo "== $(date -u +%FT%TZ) segany eval $exp $*"
   local t0=$SECONDS
-  "$SEG" eval "$exp" --no-progress "$@"
+  if ! "$SEG" eval "$exp" --no-progress "$@"; then
+    echo "== $exp: failed after $((SECONDS - t0)) s"
+    return 1
+  fi
   echo "== $exp: $((SECONDS - t0)) s"
 }
 case "$lane" in
@@ -47,8 +51,17 @@ case "$lane" in
     run fairness --threads 2 --out "$OUT/fairness" "$@"
     run prompts --baselines none --threads 2 --out "$OUT/prompts" "$@"
     ;;
+  partial)
+    # Read-only: never computes, so it is safe while lanes a and b are running. An experiment
+    # with nothing finished yet reports an error and the others go on.
+    for exp in edges points proposals fairness prompts; do
+      args=(--threads 1 --out "$OUT/$exp" --partial)
+      [ "$exp" = prompts ] && args+=(--baselines none)
+      run "$exp" "${args[@]}" "$@" || true
+    done
+    ;;
   *)
-    echo "unknown lane $lane: use a, b or report" >&2
+    echo "unknown lane $lane: use a, b, report or partial" >&2
     exit 2
     ;;
 esac
