@@ -14,6 +14,7 @@ from segany.automatic.filters import (
     crop_nms_scores,
     is_box_near_crop_edge,
     nms,
+    proposal_rank,
     remove_small_regions,
     stability_score,
 )
@@ -212,6 +213,15 @@ def test_generator_records_and_extra_options(small_model):
     small = SamAutomaticMaskGenerator(small_model, max_mask_fraction=0.5, **kw).generate(img)
     assert all(r["area"] <= 0.5 * 60 * 90 for r in small)
     assert len(small) == sum(r["area"] <= 0.5 * 60 * 90 for r in recs)
+
+
+def test_proposal_rank_puts_empty_masks_last():
+    # A mask empty at the low threshold has stability 0/0 = NaN; a top-k cut must not pick it first.
+    stability = stability_score(torch.full((3, 4, 4), -5.0).index_fill_(0, torch.tensor([0, 2]), 5.0), 0.0, 1.0)
+    assert stability[1].isnan() and stability[0] == 1.0
+    rank = proposal_rank(torch.tensor([0.5, 0.99, 0.1]), stability)
+    assert torch.argsort(rank, descending=True, stable=True).tolist() == [0, 2, 1]
+    assert rank[1] == float("-inf")
 
 
 def test_presets():

@@ -25,6 +25,17 @@ def stability_score(logits: torch.Tensor, mask_threshold: float, offset: float) 
     return hi / lo
 
 
+def proposal_rank(iou_preds: torch.Tensor, stability: torch.Tensor) -> torch.Tensor:
+    """Rank of a mask as an object proposal: the mean of predicted IoU and stability score.
+
+    A mask empty even at the low threshold has a NaN stability score (0/0, as in the
+    reference). Sorting puts NaN above every number, so such masks would take the first
+    places of a top-k cut; they propose nothing and rank last here (-inf) instead.
+    """
+    rank = (iou_preds.float() + stability.float()) / 2
+    return rank.masked_fill(rank.isnan(), float("-inf"))
+
+
 def stability_from_counts(hi: torch.Tensor, lo: torch.Tensor) -> torch.Tensor:
     """Stability score from the two pixel counts (int32 / int32 -> float32, as the reference)."""
     return hi.to(torch.int32) / lo.to(torch.int32)

@@ -39,7 +39,7 @@ from ..modeling.fast_decoder import DECODE_CHUNK
 from ..modeling.sam import _source_extent
 from ..predictor import SamPredictor
 from .decoder import GridDecoder
-from .filters import clean_mask, crop_nms_scores, is_box_near_crop_edge, nms, stability_score
+from .filters import clean_mask, crop_nms_scores, is_box_near_crop_edge, nms, proposal_rank, stability_score
 from .grid import build_all_layer_point_grids, generate_crop_boxes, grid_points_for_crop
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
@@ -218,7 +218,7 @@ class SamAutomaticMaskGenerator:
             keep = torch.tensor([area_from_rle(r) <= limit for r in data.rles], dtype=torch.bool)
             data = data.select(keep)
         if self.max_masks is not None and len(data) > self.max_masks:
-            rank = (data.iou_preds.float() + data.stability.float()) / 2
+            rank = proposal_rank(data.iou_preds, data.stability)
             data = data.select(torch.argsort(rank, descending=True, stable=True)[: self.max_masks])
         return data
 

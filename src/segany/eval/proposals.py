@@ -47,6 +47,9 @@ def coco_recall(gt: Any, results: list[dict[str, Any]], image_ids: Sequence[int]
     return {"100": s[6], "300": s[7], "all": s[8], "small": s[9], "medium": s[10], "large": s[11]}
 
 
+PROPOSAL_SELECTION = "top max_masks by mean(predicted IoU, stability), NaN last; empty masks dropped"
+
+
 def run(
     model: Sam,
     name: str,
@@ -77,8 +80,10 @@ def run(
     settings = preset("proposals", **overrides)
     generator = SamAutomaticMaskGenerator(model, output_mode="uncompressed_rle", **settings)
     out_dir = Path(out_dir)
-    store = resume.ResumeStore(out_dir, "proposals", {"model": resume.model_fingerprint(model), "preset": settings},
-                               enabled=resume_run, partial=partial)
+    # "selection" names how proposals are chosen, so records of the earlier rule (empty masks with
+    # a NaN rank first in the top-1000 cut, and kept as proposals) are recomputed, never mixed in.
+    signature = {"model": resume.model_fingerprint(model), "preset": settings, "selection": PROPOSAL_SELECTION}
+    store = resume.ResumeStore(out_dir, "proposals", signature, enabled=resume_run, partial=partial)
     t0 = time.time()
     results: list[dict[str, Any]] = []
     counts = []
@@ -95,6 +100,8 @@ def run(
             recs = generator.generate(pixels)
             props = []
             for r in recs:
+                if r["area"] == 0:
+                    continue  # an empty mask proposes nothing (and its stability score is NaN)
                 seg = coco_encode_rle(r["segmentation"])
                 props.append(
                     {
