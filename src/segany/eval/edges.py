@@ -306,7 +306,7 @@ def run(
         "method_seconds": method_seconds,
         "compute_seconds": float(sum(method_seconds.values())),
         "images_resumed": max(st.loaded for st in stores.values()),
-        "partial": {"images_finished": len(items), "images_total": len(items) + skipped} if partial else None,
+        "partial": report.partial_field(len(items), skipped) if partial else None,
         "mean_masks_after_nms": float(np.mean(masks_kept)) if masks_kept else None,
         "paper_table3": PAPER_TABLE3,
         "seconds": seconds,

@@ -144,10 +144,10 @@ def run(
         "seconds": seconds,
         "compute_seconds": store.seconds,
         "images_resumed": store.loaded,
-        "partial": report.partial_info(store),
+        "partial": store.partial_info(),
     }
     md = report.header_markdown("Fairness across groups (paper section 6, table 2)", model_info, command, seconds)
-    md += report.resume_line(store.seconds, store.loaded, store.skipped if partial else None)
+    md += store.report_line()
     md += (f"{len(traces)} objects from {', '.join(datasets)}; {first} first click; mIoU (%) with 95% percentile "
            f"bootstrap intervals ({n_boot} resamples).\n\n")
     for column, table in groups.items():

@@ -347,7 +347,7 @@ def run(
         "seconds": seconds,
         "compute_seconds": store.seconds,
         "images_resumed": store.loaded,
-        "partial": report.partial_info(store),
+        "partial": store.partial_info(),
         "per_object": {
             name: [{"meta": tr.meta, "iou_top": tr.ious["top"], "iou_oracle": tr.ious["oracle"]} for tr in traces]
             for name, traces in all_traces.items()
@@ -355,7 +355,7 @@ def run(
     }
     _plot_curves(per_dataset, out_dir / "miou_vs_points.png", f"point-to-mask, {first} first click")
     md = report.header_markdown("Zero-shot point-to-mask evaluation (paper 7.1 / D.1)", model_info, command, seconds)
-    md += report.resume_line(store.seconds, store.loaded, store.skipped if partial else None)
+    md += store.report_line()
     md += f"First click: **{first}**; later clicks at the deepest error; NoC capped at {max_clicks} clicks.\n\n"
     header = ["data set", "images", "objects"] + [f"mIoU@{n}" for n in CLICK_COUNTS] + ["oracle@1", "oracle@3", "NoC@85", "NoC@90"]
     rows = []

@@ -503,13 +503,13 @@ def run(
         "timing_seconds": timing,
         "compute_seconds": store.seconds,
         "images_resumed": store.loaded,
-        "partial": report.partial_info(store),
+        "partial": store.partial_info(),
         "per_object": per_object,
     }
     rows = {**per_dataset, "mean": mean}
     _plot_bars(rows, columns, out_dir / "miou_by_prompt.png", "single prompt and few clicks: model vs classical")
     md = report.header_markdown("Single-prompt and few-click mIoU: model vs classical baselines", model_info, command, seconds)
-    md += report.resume_line(store.seconds, store.loaded, store.skipped if partial else None)
+    md += store.report_line()
     md += (
         f"Same objects, same IoU code for every column. Box = the ground-truth mask's tight box; 1 pt = "
         f"the mask centre; {N_CLICKS} clicks = centre, then each click at the deepest error of the "

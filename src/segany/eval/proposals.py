@@ -130,10 +130,10 @@ def run(
         "seconds": seconds,
         "compute_seconds": store.seconds,
         "images_resumed": store.loaded,
-        "partial": report.partial_info(store),
+        "partial": store.partial_info(),
     }
     md = report.header_markdown("Zero-shot object proposals (paper 7.3 / D.3)", model_info, command, seconds)
-    md += report.resume_line(store.seconds, store.loaded, store.skipped if partial else None)
+    md += store.report_line()
     md += (f"{len(finished)} images of `{name}`, preset `proposals` ({settings['points_per_side']}x"
            f"{settings['points_per_side']} grid, NMS {settings['box_nms_thresh']}, no IoU/stability filter, "
            f"top {settings['max_masks']}); {out['mean_proposals_per_image']:.0f} proposals per image on average.\n\n")

@@ -144,11 +144,9 @@ def resume_line(compute_seconds: float, resumed: int, skipped: int | None = None
     return text + ".\n\n"
 
 
-def partial_info(store: Any) -> dict[str, int] | None:
-    """The ``partial`` field of a report.json: finished and total images, or None for a complete run."""
-    if not getattr(store, "partial", False):
-        return None
-    return {"images_finished": int(store.loaded), "images_total": int(store.loaded + store.skipped)}
+def partial_field(finished: int, skipped: int) -> dict[str, int]:
+    """The ``partial`` field of a partial report's report.json (complete runs write null)."""
+    return {"images_finished": int(finished), "images_total": int(finished + skipped)}
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] = (30, 144, 255), alpha: float = 0.5) -> np.ndarray:

@@ -134,6 +134,14 @@ class ResumeStore:
                 "run the command without --partial first (it resumes and stores each image as it finishes)"
             )
 
+    def report_line(self) -> str:
+        """The report's line on compute time and resumed images (a partial report's banner first)."""
+        return report.resume_line(self.seconds, self.loaded, self.skipped if self.partial else None)
+
+    def partial_info(self) -> dict[str, int] | None:
+        """report.json's ``partial`` field: finished and total images, or None for a complete run."""
+        return report.partial_field(self.loaded, self.skipped) if self.partial else None
+
     def put(self, key: str, value: dict[str, Any]) -> None:
         """Store the record of a finished image (atomically); a ``seconds`` field adds to :attr:`seconds`."""
         if self.partial:
