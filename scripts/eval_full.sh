@@ -41,7 +41,7 @@ case "$lane" in
     done
     run instances --threads 1 --out "$OUT/instances" "$@"
     run fairness --threads 1 --out "$OUT/fairness" "$@"
-    run prompts --baselines none --threads 1 --out "$OUT/prompts" "$@"
+    run prompts --baselines none --clicks-from "$OUT/points" --threads 1 --out "$OUT/prompts" "$@"
     ;;
   report)
     run edges --threads 2 --out "$OUT/edges" "$@"
@@ -49,7 +49,7 @@ case "$lane" in
     run proposals --threads 2 --out "$OUT/proposals" "$@"
     run instances --threads 2 --out "$OUT/instances" "$@"
     run fairness --threads 2 --out "$OUT/fairness" "$@"
-    run prompts --baselines none --threads 2 --out "$OUT/prompts" "$@"
+    run prompts --baselines none --clicks-from "$OUT/points" --threads 2 --out "$OUT/prompts" "$@"
     ;;
   partial)
     # Read-only: never computes, so it is safe while lanes a and b are running. An experiment

@@ -253,6 +253,58 @@ def test_run_writes_the_report_with_ignore_regions(tmp_path: Path, default_predi
         prompts.run(default_predictor, {"synthetic": images}, tmp_path / "x", info, "t", baselines=("snake",))
 
 
+def test_click_columns_read_from_eval_points_records_are_the_simulated_ones(tmp_path: Path, default_predictor):
+    """--clicks-from: the model's click columns come from an `eval points` run; every number stays the same."""
+    images = _synthetic_set(tmp_path)
+    info = {"checkpoint": "test", "model_type": "segany_tiny", "trained": False, "parameters": 1}
+    points.run(default_predictor, {"synthetic": images}, tmp_path / "pts", info, "t", max_clicks=9, show_progress=False)
+    ref = prompts.run(default_predictor, {"synthetic": images}, tmp_path / "a", info, "t", baselines=(),
+                      show_progress=False)
+    got = prompts.run(default_predictor, {"synthetic": images}, tmp_path / "b", info, "t", baselines=(),
+                      show_progress=False, clicks_from=tmp_path / "pts")
+    assert got["per_object"] == ref["per_object"]  # box IoUs too: skipping the simulation changes nothing
+    assert all(len(o["model_clicks"]) <= prompts.N_CLICKS for o in got["per_object"]["synthetic"])
+    assert got["datasets"] == ref["datasets"]
+    assert got["clicks_from"] == {"dir": str(tmp_path / "pts"), "images": 1}
+    assert ref["clicks_from"] == {"dir": None, "images": 0}
+    assert "read from `segany eval points` records" in (tmp_path / "b" / "report.md").read_text()
+    # resumed later without --clicks-from (the first image is redone for the example figure, the
+    # second loaded), the report still counts the stored image whose click columns were read
+    two = [images[0], EvalImage("synthetic", "scene2", images[0].path, images[0].objects)]
+    points.run(default_predictor, {"synthetic": two}, tmp_path / "pts2", info, "t", max_clicks=9, show_progress=False)
+    prompts.run(default_predictor, {"synthetic": two}, tmp_path / "c", info, "t", baselines=(), show_progress=False,
+                clicks_from=tmp_path / "pts2")
+    again = prompts.run(default_predictor, {"synthetic": two}, tmp_path / "c", info, "t", baselines=(),
+                        show_progress=False)
+    assert again["images_resumed"] == 1 and again["clicks_from"] == {"dir": None, "images": 1}
+
+
+def test_clicks_from_refuses_records_of_another_simulation(tmp_path: Path, default_predictor):
+    images = _synthetic_set(tmp_path)
+    info = {"checkpoint": "test", "model_type": "segany_tiny", "trained": False, "parameters": 1}
+
+    def prompts_from(folder: Path) -> None:
+        prompts.run(default_predictor, {"synthetic": images}, tmp_path / "out", info, "t", baselines=(),
+                    show_progress=False, clicks_from=folder)
+
+    with pytest.raises(ValueError, match="no `segany eval points` records"):
+        prompts_from(tmp_path / "nothing")
+    points.run(default_predictor, {"synthetic": images}, tmp_path / "rand", info, "t", first="random", max_clicks=9,
+               show_progress=False)
+    with pytest.raises(ValueError, match="first='random'"):
+        prompts_from(tmp_path / "rand")
+    sig = tmp_path / "rand" / ".resume" / "points" / "signature.json"
+    sig.write_text(json.dumps({**json.loads(sig.read_text()), "first": "center", "model": "another"}))
+    with pytest.raises(ValueError, match="model='another'"):
+        prompts_from(tmp_path / "rand")
+    # a record whose object count no longer matches the data set is an error, not a silent mix-up
+    points.run(default_predictor, {"synthetic": images}, tmp_path / "pts", info, "t", max_clicks=9, show_progress=False)
+    store = points.open_for_reuse(tmp_path / "pts", default_predictor, prompts.N_CLICKS)
+    with pytest.raises(ValueError, match="has 2 objects, the data set now has 3"):
+        points.stored_traces(store, 0, images[0], 3)
+    assert points.stored_traces(store, 1, images[0], 2) is None  # another position in the list: not this image
+
+
 def test_cli_rejects_bad_baseline_combinations(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     assert main(["eval", "prompts", "--baselines", "none", "grabcut", "--out", str(tmp_path)]) == 2
     assert "none" in capsys.readouterr().err
@@ -288,3 +340,13 @@ def test_eval_prompts_end_to_end_matches_eval_points(tmp_path: Path):
     assert pts["per_object"]["grabcut"][0]["meta"] == obj["meta"]
     assert g["mIoU"]["model_1pt"] == pytest.approx(pts["datasets"]["grabcut"]["top"]["mIoU"]["1"], abs=1e-9)
     assert g["mIoU"]["model_5clicks"] == pytest.approx(pts["datasets"]["grabcut"]["top"]["mIoU"]["5"], abs=1e-9)
+
+    # --clicks-from reads those records instead of simulating again: the same numbers
+    out2 = tmp_path / "prompts_from_points"
+    assert main(["eval", "prompts", "--datasets", "grabcut", "--limit", "1", "--threads", "1", "--baselines", "none",
+                 "--clicks-from", str(pts_out), "--out", str(out2), "--no-progress"]) == 0
+    rep2 = json.loads((out2 / "report.json").read_text())
+    assert rep2["clicks_from"]["images"] == 1
+    obj2 = rep2["per_object"]["grabcut"][0]
+    assert (obj2["model_box"], obj2["model_clicks"], obj2["model_oracle_1pt"]) == (
+        obj["model_box"], obj["model_clicks"], obj["model_oracle_1pt"])

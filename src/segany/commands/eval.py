@@ -84,6 +84,14 @@ def register(subparsers: Any) -> None:
         help="where click GrabCut runs: the clicked region grown by this many times its longer side "
         "(default 1.0) or 'whole'",
     )
+    p.add_argument(
+        "--clicks-from",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="read the model's 1-point / 5-click results from the records of an `eval points` run in DIR "
+        "(same model, centre first clicks) instead of simulating them again; images it lacks are simulated",
+    )
     p.set_defaults(func=run_prompts)
 
     p = sub.add_parser("edges", help="BSDS500 edge detection ODS/OIS/AP/R50 with Canny/Sobel baselines (7.2 / D.2)")
@@ -194,6 +202,7 @@ def run_prompts(args: argparse.Namespace) -> int:
         grabcut_iters=args.grabcut_iters, grabcut_box_context=args.grabcut_box_context,
         grabcut_click_context=args.grabcut_click_context, seed=args.seed,
         show_progress=not args.no_progress, resume_run=not args.no_resume, partial=args.partial,
+        clicks_from=args.clicks_from,
     )
     m = res["mean"]["mIoU"]
     line = "  ".join(

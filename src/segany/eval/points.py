@@ -18,6 +18,7 @@ call per click), which is what makes the full runs affordable on a CPU.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -204,7 +205,7 @@ def evaluate_dataset(
     traces: list[ObjectTrace] = []
     examples: list[dict[str, Any]] = []
     for idx, im in enumerate(images):
-        key = f"{im.dataset}/{idx}/{im.image_id}"
+        key = record_key(idx, im)
         wanted = store is not None and (store.partial or len(examples) >= keep_examples)
         rec = store.get(key) if wanted else None
         if store is not None and store.skip(rec):
@@ -242,6 +243,55 @@ def resume_store(
     return resume.ResumeStore(
         out_dir, experiment, {"model": resume.model_fingerprint(predictor.model), "clicks": CLICK_COUNTS,
                               "noc": NOC_THRESHOLDS, **settings}, enabled=enabled, partial=partial)
+
+
+def record_key(idx: int, im: EvalImage) -> str:
+    """The store key of image ``im``, the ``idx``-th of its data set's (possibly subsampled) list."""
+    return f"{im.dataset}/{idx}/{im.image_id}"
+
+
+def open_for_reuse(out_dir: Path, predictor: SamPredictor, min_clicks: int) -> resume.ResumeStore:
+    """The records of an earlier ``eval points`` run in ``out_dir``, read-only, for another experiment.
+
+    ``eval prompts`` reports the model's mIoU after 1 and 5 clicks under exactly this
+    simulation; a full ``eval points`` run has already simulated every object (up to 20
+    clicks), so reading its traces spares hours of identical decoder work. Only a run that
+    simulated the same thing qualifies: the same weights, centre first clicks (random first
+    clicks depend on the seed and the image's position in the list) and at least
+    ``min_clicks`` clicks per object. Raises ValueError, naming the mismatch, otherwise.
+    """
+    sig_path = Path(out_dir) / ".resume" / "points" / resume.SIGNATURE_FILE
+    try:
+        sig = json.loads(sig_path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"no `segany eval points` records in {out_dir} ({sig_path}: {e})") from e
+    want = {"model": resume.model_fingerprint(predictor.model), "clicks": list(CLICK_COUNTS),
+            "noc": list(NOC_THRESHOLDS), "first": "center"}
+    bad = [f"{k}={sig.get(k)!r} (need {v!r})" for k, v in want.items() if sig.get(k) != v]
+    if not isinstance(sig.get("max_clicks"), int) or sig["max_clicks"] < min_clicks:
+        bad.append(f"max_clicks={sig.get('max_clicks')!r} (need >= {min_clicks})")
+    if bad:
+        raise ValueError(
+            f"the `segany eval points` records in {out_dir} were not made by this simulation: {', '.join(bad)}"
+        )
+    return resume.ResumeStore(out_dir, "points", sig, partial=True)
+
+
+def stored_traces(store: resume.ResumeStore, idx: int, im: EvalImage, n_objects: int) -> list[ObjectTrace] | None:
+    """The traces of image ``im`` from a store of :func:`open_for_reuse`, or None if it holds none.
+
+    Raises ValueError when the record's object count differs from ``n_objects`` (the data set
+    changed since that run).
+    """
+    rec = store.get(record_key(idx, im))
+    if rec is None:
+        return None
+    if len(rec["traces"]) != n_objects:
+        raise ValueError(
+            f"{im.dataset}/{im.image_id}: the stored `eval points` record has {len(rec['traces'])} objects, "
+            f"the data set now has {n_objects}; rerun without reusing those records"
+        )
+    return [ObjectTrace(meta=t["meta"], ious=t["ious"]) for t in rec["traces"]]
 
 
 # --------------------------------------------------------------------------- report

@@ -185,9 +185,13 @@ def evaluate_image(
     seed: int = 0,
     keep_example: bool = False,
     timing: dict[str, float] | None = None,
+    traces: Sequence[points.ObjectTrace] | None = None,
 ) -> tuple[list[ObjectResult], dict[str, Any] | None]:
     """Every method on every object of one image.
 
+    Args:
+        traces: this image's click traces from an ``eval points`` run of the same model
+            (:func:`segany.eval.points.open_for_reuse`); the click simulation is then skipped.
     Returns:
         (results, example): example (when ``keep_example``) holds the largest object's GT,
         box and the model's and GrabCut's box masks, for the report's figure.
@@ -200,10 +204,10 @@ def evaluate_image(
     t = time.perf_counter()
     predictor.set_image(image)
     try:
-        # the click simulation first, so it runs exactly as in `eval points` (same decoder state)
-        traces, _ = points.simulate_image(
-            cast(SamPredictor, _SharedEmbedding(predictor)), image, objects, "center", max_clicks=N_CLICKS
-        )
+        if traces is None:  # the click simulation first, so it runs exactly as in `eval points`
+            traces, _ = points.simulate_image(
+                cast(SamPredictor, _SharedEmbedding(predictor)), image, objects, "center", max_clicks=N_CLICKS
+            )
         box_ious, ex_model = model_box_ious(predictor, boxes, gts, ignore, keep=ex_idx)
     finally:
         predictor.reset_image()
@@ -214,7 +218,7 @@ def evaluate_image(
             meta=tr.meta,
             box=[int(v) for v in boxes[i]],
             model_box=box_ious[i],
-            model_clicks=list(tr.ious["top"]),
+            model_clicks=list(tr.ious["top"][:N_CLICKS]),
             model_oracle_1pt=tr.ious["oracle"][0],
         )
         for i, tr in enumerate(traces)
@@ -256,21 +260,28 @@ def evaluate_dataset(
     progress: Callable[[int], None] | None = None,
     timing: dict[str, float] | None = None,
     store: resume.ResumeStore | None = None,
+    click_store: resume.ResumeStore | None = None,
+    reused: list[str] | None = None,
 ) -> tuple[list[ObjectResult], dict[str, Any] | None]:
     """All objects of all ``images``; the example comes from the first image that has objects.
 
     With a ``store``, images finished by an earlier run are loaded (their per-method seconds
     added to ``timing``) and new ones stored; images are simulated until the example exists.
+    With a ``click_store`` (:func:`segany.eval.points.open_for_reuse`), the model's click
+    traces of the images it holds are read from it instead of simulated again; the keys of
+    those images (stored or new) are appended to ``reused``.
     """
     results: list[ObjectResult] = []
     example = None
-    for im in images:
+    for idx, im in enumerate(images):
         key = f"{im.dataset}/{im.image_id}"
         rec = store.get(key) if store is not None and (store.partial or example is not None) else None
         if store is not None and store.skip(rec):
             continue
         if rec is not None:
             results.extend(ObjectResult(**r) for r in rec["objects"])
+            if reused is not None and rec.get("clicks_reused"):
+                reused.append(key)
             if timing is not None:
                 for k, v in rec["timing"].items():
                     timing[k] = timing.get(k, 0.0) + v
@@ -280,20 +291,24 @@ def evaluate_dataset(
         ts, before = time.time(), dict(timing) if timing is not None else {}
         n_before = len(results)
         objs = im.objects()
+        traces = None
         if objs.masks:
             pixels = im.image()
             for m in objs.masks:
                 if m.shape != pixels.shape[:2]:
                     raise ValueError(f"{im.dataset}/{im.image_id}: mask {m.shape} does not match image {pixels.shape[:2]}")
+            traces = None if click_store is None else points.stored_traces(click_store, idx, im, len(objs.masks))
             res, ex = evaluate_image(
                 predictor, pixels, objs, baselines, grabcut_iters, grabcut_box_context, grabcut_click_context, seed,
-                example is None, timing,
+                example is None, timing, traces,
             )
+            if traces is not None and reused is not None:
+                reused.append(key)
             results.extend(res)
             example = example if example is not None else ex
         if store is not None:
             spent = {k: v - before.get(k, 0.0) for k, v in (timing or {}).items()}
-            store.put(key, {"seconds": time.time() - ts, "timing": spent,
+            store.put(key, {"seconds": time.time() - ts, "timing": spent, "clicks_reused": traces is not None,
                             "objects": [vars(r) for r in results[n_before:]]})
         if progress is not None:
             progress(1)
@@ -418,12 +433,16 @@ def run(
     show_progress: bool = True,
     resume_run: bool = True,
     partial: bool = False,
+    clicks_from: Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate every data set; write ``report.json``, ``report.md``, ``miou_by_prompt.png`` and ``example_<set>.png``.
 
     Finished images are kept in ``out_dir/.resume`` (see :mod:`segany.eval.resume`), so an
     interrupted full run continues where it stopped. ``partial``: report only the images
-    finished so far, computing nothing.
+    finished so far, computing nothing. ``clicks_from``: the folder of an ``eval points`` run
+    of the same model with centre first clicks; the model's click columns of every image it
+    finished are read from its records (the same simulation, so the same numbers) and only
+    the box prompts and the baselines are computed.
     """
     unknown = sorted(set(baselines) - set(BASELINES))
     if unknown:
@@ -441,6 +460,8 @@ def run(
          "clicks": N_CLICKS},
         enabled=resume_run, partial=partial,
     )
+    click_store = None if clicks_from is None or partial else points.open_for_reuse(clicks_from, predictor, N_CLICKS)
+    reused: list[str] = []
     t0 = time.time()
     per_dataset: dict[str, dict[str, Any]] = {}
     per_object: dict[str, list[dict[str, Any]]] = {}
@@ -452,7 +473,7 @@ def run(
             before = store.loaded
             results, example = evaluate_dataset(
                 predictor, images, baselines, grabcut_iters, grabcut_box_context, grabcut_click_context, seed,
-                bar.update, timing, store,
+                bar.update, timing, store, click_store, reused,
             )
             if partial and not results:
                 continue  # nothing of this data set finished yet
@@ -503,6 +524,7 @@ def run(
         "timing_seconds": timing,
         "compute_seconds": store.seconds,
         "images_resumed": store.loaded,
+        "clicks_from": {"dir": None if clicks_from is None else str(clicks_from), "images": len(reused)},
         "partial": store.partial_info(),
         "per_object": per_object,
     }
@@ -510,6 +532,11 @@ def run(
     _plot_bars(rows, columns, out_dir / "miou_by_prompt.png", "single prompt and few clicks: model vs classical")
     md = report.header_markdown("Single-prompt and few-click mIoU: model vs classical baselines", model_info, command, seconds)
     md += store.report_line()
+    if reused:
+        md += (
+            f"The model's click columns of {len(reused)} images were read from `segany eval points` records "
+            f"(the same simulation and weights{'' if clicks_from is None else f', `{clicks_from}`'}), not simulated again.\n\n"
+        )
     md += (
         f"Same objects, same IoU code for every column. Box = the ground-truth mask's tight box; 1 pt = "
         f"the mask centre; {N_CLICKS} clicks = centre, then each click at the deepest error of the "
