@@ -143,3 +143,13 @@ def test_edges_baselines_resume_per_method(tmp_path: Path, capsys: pytest.Captur
     stamp = examples[0].stat().st_mtime_ns
     assert main([*base, "--baselines", "canny", "sobel"]) == 0
     assert examples[0].stat().st_mtime_ns == stamp
+
+
+def test_resume_line_wording():
+    from segany.eval.report import resume_line
+
+    assert "Partial report: 2 of 3 images" in resume_line(10.0, 2, 1)
+    complete = resume_line(10.0, 3, 0)  # --partial found everything finished: no "will change" warning
+    assert "All 3 images finished" in complete and "will change" not in complete
+    assert "3 images loaded from an earlier" in resume_line(10.0, 3)
+    assert resume_line(4.0, 0) == "Compute time of every image, summed over the runs that made them: 4 s.\n\n"

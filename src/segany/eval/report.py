@@ -135,7 +135,10 @@ def resume_line(compute_seconds: float, resumed: int, skipped: int | None = None
     loudly that its numbers cover only the finished images and will change.
     """
     text = f"Compute time of every image, summed over the runs that made them: {compute_seconds:.0f} s"
-    if skipped is not None:
+    if skipped == 0:  # a --partial report that found every image finished: the run's final numbers
+        text = (f"All {resumed} images finished (report written read-only with `--partial`; a rerun without it "
+                "gives the same numbers).\n\n" + text)
+    elif skipped is not None:
         text = (f"**Partial report: {resumed} of {resumed + skipped} images finished.** The numbers cover the "
                 "finished images only and will change when the run completes (rerun without `--partial`).\n\n"
                 + text)
