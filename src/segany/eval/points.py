@@ -240,9 +240,12 @@ def resume_store(
     out_dir: Path, experiment: str, predictor: SamPredictor, enabled: bool, partial: bool = False, **settings: Any
 ) -> resume.ResumeStore:
     """The store of a click-simulation run: keyed by the model's weights and the simulation settings."""
-    return resume.ResumeStore(
-        out_dir, experiment, {"model": resume.model_fingerprint(predictor.model), "clicks": CLICK_COUNTS,
-                              "noc": NOC_THRESHOLDS, **settings}, enabled=enabled, partial=partial)
+    return resume.ResumeStore(out_dir, experiment, _signature(predictor, **settings), enabled=enabled, partial=partial)
+
+
+def _signature(predictor: SamPredictor, **settings: Any) -> dict[str, Any]:
+    """What determines a click simulation's results: the weights, the reported click counts and NoC thresholds, the settings."""
+    return {"model": resume.model_fingerprint(predictor.model), "clicks": CLICK_COUNTS, "noc": NOC_THRESHOLDS, **settings}
 
 
 def record_key(idx: int, im: EvalImage) -> str:
@@ -265,8 +268,9 @@ def open_for_reuse(out_dir: Path, predictor: SamPredictor, min_clicks: int) -> r
         sig = json.loads(sig_path.read_text())
     except (OSError, ValueError) as e:
         raise ValueError(f"no `segany eval points` records in {out_dir} ({sig_path}: {e})") from e
-    want = {"model": resume.model_fingerprint(predictor.model), "clicks": list(CLICK_COUNTS),
-            "noc": list(NOC_THRESHOLDS), "first": "center"}
+    # every field of the signature must match, except the click cap (checked below) and the
+    # seed (centre first clicks draw no random numbers)
+    want = report._jsonable(_signature(predictor, first="center"))
     bad = [f"{k}={sig.get(k)!r} (need {v!r})" for k, v in want.items() if sig.get(k) != v]
     if not isinstance(sig.get("max_clicks"), int) or sig["max_clicks"] < min_clicks:
         bad.append(f"max_clicks={sig.get('max_clicks')!r} (need >= {min_clicks})")
