@@ -8,6 +8,7 @@
 #   bash scripts/eval_full.sh b        # lane b: Canny/Sobel edges, points, instances, fairness, prompts
 #   bash scripts/eval_full.sh report   # every report, from the stored images (computes what is missing)
 #   bash scripts/eval_full.sh partial  # reports of what is finished so far, computing nothing (any time)
+# `report` and `partial` end with eval_full/summary.md: every experiment's headline table on one page.
 #   bash scripts/eval_full.sh b --checkpoint sam_vit_b_01ec64.pth   # extra arguments go to every command
 #
 # Logs: eval_full/<lane>.log. Reports: eval_full/<experiment>/report.md.
@@ -50,6 +51,7 @@ case "$lane" in
     run instances --threads 2 --out "$OUT/instances" "$@"
     run fairness --threads 2 --out "$OUT/fairness" "$@"
     run prompts --baselines none --clicks-from "$OUT/points" --threads 2 --out "$OUT/prompts" "$@"
+    "$SEG" eval summary "$OUT"
     ;;
   partial)
     # Read-only: never computes, so it is safe while lanes a and b are running. An experiment
@@ -59,6 +61,7 @@ case "$lane" in
       [ "$exp" = prompts ] && args+=(--baselines none)
       run "$exp" "${args[@]}" "$@" || true
     done
+    "$SEG" eval summary "$OUT"
     ;;
   *)
     echo "unknown lane $lane: use a, b, report or partial" >&2

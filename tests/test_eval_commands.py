@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from segany.cli import main
+from segany.eval import summary
 from segany.eval.datasets import default_data_root
 
 DATA = default_data_root()
@@ -17,7 +18,11 @@ needs_data = pytest.mark.skipif(not (DATA / "grabcut").is_dir(), reason="shared 
 def _report(out: Path) -> dict:
     assert (out / "report.md").is_file()
     assert (out / "report.md").read_text().startswith("# ")
-    return json.loads((out / "report.json").read_text())
+    rep = json.loads((out / "report.json").read_text())
+    # the suite summary reads every report this writer produces: its section has a table of the same run
+    _, md = summary.summarize(out)
+    assert f"## {summary.TITLES[rep['experiment']]}" in md and "| complete |" in md
+    return rep
 
 
 @needs_data

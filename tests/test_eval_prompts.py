@@ -12,7 +12,7 @@ from PIL import Image
 from segany import SamPredictor
 from segany.cli import main
 from segany.default_model import load_default_model
-from segany.eval import classical, clicks, points, prompts
+from segany.eval import classical, clicks, points, prompts, summary
 from segany.eval.datasets import EvalImage, EvalObjects, default_data_root
 
 DATA = default_data_root()
@@ -350,3 +350,13 @@ def test_eval_prompts_end_to_end_matches_eval_points(tmp_path: Path):
     obj2 = rep2["per_object"]["grabcut"][0]
     assert (obj2["model_box"], obj2["model_clicks"], obj2["model_oracle_1pt"]) == (
         obj["model_box"], obj["model_clicks"], obj["model_oracle_1pt"])
+
+    # the suite summary: two prompts runs in one folder are refused; one points + one prompts run are tabled
+    with pytest.raises(ValueError, match="two prompts reports"):
+        summary.summarize(tmp_path)
+    (out / "report.json").unlink()
+    assert main(["eval", "summary", str(tmp_path)]) == 0
+    md = (tmp_path / "summary.md").read_text()
+    assert "| model box | model 1 pt | model 5 clicks |" in md and "## Point-to-mask mIoU" in md
+    assert f"{100 * rep2['mean']['mIoU']['model_box']:.1f}" in md
+    assert json.loads((tmp_path / "summary.json").read_text())["missing"] == ["edges", "proposals", "instances", "fairness"]

@@ -1,4 +1,4 @@
-"""``segany eval points | prompts | edges | proposals | instances | fairness``: the zero-shot experiments.
+"""``segany eval points | prompts | edges | proposals | instances | fairness | summary``: the zero-shot experiments.
 
 Each sub-command evaluates a model (``--checkpoint/--model-type``, default: the shipped
 segany model) on the eval splits of the project's data, shows a progress bar, uses fixed
@@ -125,6 +125,22 @@ def register(subparsers: Any) -> None:
     p.add_argument("--first-click", choices=("center", "random"), default="random", help="the paper uses random")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
     p.set_defaults(func=run_fairness)
+
+    p = sub.add_parser("summary", help="one page of headline tables from every report in a folder (computes nothing)")
+    p.add_argument("runs", help="folder holding the eval reports, e.g. eval_full (its sub-folders are searched)")
+    p.add_argument("--out", default=None, help="where summary.md / summary.json go (default: the runs folder)")
+    p.set_defaults(func=run_summary)
+
+
+def run_summary(args: argparse.Namespace) -> int:
+    from ..eval import summary
+
+    res = summary.write(Path(args.runs), Path(args.out) if args.out else None)
+    out = Path(args.out) if args.out else Path(args.runs)
+    for exp, s in res["experiments"].items():
+        print(f"{exp:10s} {s['state']}")
+    print(f"summary: {out / 'summary.md'}")
+    return 0
 
 
 def _grabcut_context(text: str) -> float | None:

@@ -27,6 +27,8 @@ from ..predictor import SamPredictor
 from . import report
 from .datasets import EvalImage
 
+PAPER_AP = 46.5  # SAM ViT-H with ViTDet-H boxes, COCO mask AP (paper table 5), for reference in reports only
+
 
 def load_detections(path: str | Path, score_threshold: float = 0.0) -> dict[int, list[dict[str, Any]]]:
     """A COCO results JSON grouped by image id (detections below ``score_threshold`` dropped)."""
@@ -152,7 +154,7 @@ def run(
            f"{'the ground truth' if dets is None else f'`{detections}`'}, one refinement pass.\n\n")
     md += report.markdown_table(["mask AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L"],
                                 [[100 * ap[k] for k in ("AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L")]], digits=1)
-    md += "\nAP in %, computed by pycocotools (segm). The paper reports SAM ViT-H with ViTDet-H boxes: COCO AP 46.5.\n\n"
+    md += f"\nAP in %, computed by pycocotools (segm). The paper reports SAM ViT-H with ViTDet-H boxes: COCO AP {PAPER_AP}.\n\n"
     if images and (out_dir / f"instances_{images[0].image_id}.png").exists():
         md += f"![instances](instances_{images[0].image_id}.png)\n"
     report.write_json(out_dir / "report.json", out)
