@@ -47,7 +47,9 @@ def _edges() -> dict:
 def _fairness() -> dict:
     row = {"objects": 3, "mIoU@1": {"mean": 0.2, "ci95": [0.1, 0.3]}, "mIoU@3": {"mean": 0.4, "ci95": [0.35, 0.45]}}
     return {"experiment": "fairness", "model": MODEL, "settings": {"first_click": "random"}, "objects": 3,
-            "groups": {"size": {"small": row}}, "compute_seconds": 10.0}
+            "groups": {"size": {"small": row, "tiny": {"objects": 1, "mIoU@1": {"mean": None, "ci95": [None, None]},
+                                                     "mIoU@3": {"mean": 0.5, "ci95": None}}}},
+            "compute_seconds": 10.0}
 
 
 def _points() -> dict:
@@ -76,6 +78,7 @@ def test_summary_tables_states_and_links(tmp_path: Path):
     assert "| this model | 1.0 | 2.0 | 12.5 | 0.0 | 25.0 | 50.0 |" in md
     assert "| this model | 3.5 | 14.3 | 0.6 | 0.1 | 1.3 | 9.0 |" in md
     assert "| small | 3 | 20.0 [10.0, 30.0] | 40.0 [35.0, 45.0] |" in md
+    assert "| tiny | 1 | - | 50.0 |" in md  # NaN scores (null in JSON) and a missing CI do not break the table
     # sections follow the paper's order whatever the folder names
     assert md.index("## Point-to-mask") < md.index("## Edge detection") < md.index("## Object proposals")
 

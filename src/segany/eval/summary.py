@@ -139,8 +139,11 @@ def _instances(data: dict[str, Any]) -> str:
 
 def _fairness(data: dict[str, Any]) -> str:
     def cell(m: dict[str, Any]) -> str:
-        lo, hi = m["ci95"]
-        return f"{100 * m['mean']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
+        lo, hi = m.get("ci95") or (None, None)
+        if m.get("mean") is None:  # NaN in the report (written as null): no score for this group
+            return "-"
+        ci = "" if lo is None or hi is None else f" [{100 * lo:.1f}, {100 * hi:.1f}]"
+        return f"{100 * m['mean']:.1f}{ci}"
 
     parts = []
     for column, groups in data["groups"].items():
