@@ -113,6 +113,9 @@ def test_summary_refusals(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     (tmp_path / "b" / "report.json").write_text("{not json")
     with pytest.raises(ValueError, match="not a readable JSON report"):
         summary.summarize(tmp_path)
+    (tmp_path / "b" / "report.json").write_text(json.dumps({"experiment": "points", "model": MODEL}))
+    with pytest.raises(ValueError, match=r"b/report.json: not a complete points report \(KeyError: 'settings'\)"):
+        summary.summarize(tmp_path)
     (tmp_path / "b" / "report.json").write_text(json.dumps({"experiment": "something"}))
     with pytest.raises(ValueError, match="not a segany eval report"):
         summary.summarize(tmp_path)
