@@ -186,7 +186,7 @@ def summarize(runs_dir: Path, out_dir: Path | None = None) -> tuple[dict[str, An
     rows = [[e, f"[{Path(s['folder']).name}]({os.path.relpath(Path(s['folder']) / 'report.md', out_dir)})", s["state"],
              None if s["compute_seconds"] is None else f"{s['compute_seconds']:.0f}"] for e, s in status.items()]
     md += report.markdown_table(["experiment", "report", "state", "compute time (s)"], rows)
-    md += "\nCompute time: summed over every session that computed part of the run (each report names its threads).\n\n"
+    md += "\nCompute time: summed over every session that computed part of the run.\n\n"
     incomplete = [e for e, s in status.items() if s["state"] != "complete"]
     if incomplete:
         md += (f"**Not final:** {', '.join(incomplete)} cover only the images finished so far; their numbers will "
