@@ -135,8 +135,8 @@ def register(subparsers: Any) -> None:
 def run_summary(args: argparse.Namespace) -> int:
     from ..eval import summary
 
-    res = summary.write(Path(args.runs), Path(args.out) if args.out else None)
-    out = Path(args.out) if args.out else Path(args.runs)
+    out = Path(args.out or args.runs)
+    res = summary.write(Path(args.runs), out)
     for exp, s in res["experiments"].items():
         print(f"{exp:10s} {s['state']}")
     print(f"summary: {out / 'summary.md'}")
