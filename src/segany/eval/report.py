@@ -118,13 +118,18 @@ def model_description(model: Any, checkpoint: str | None) -> dict[str, Any]:
     }
 
 
+def model_lines(model_info: dict[str, Any]) -> list[str]:
+    """The header's model bullet, plus a loud warning for an untrained model (reports and summary)."""
+    lines = [f"- model: {model_info['checkpoint']} ({model_info['model_type']}, "
+             f"{model_info['parameters'] / 1e6:.1f} M parameters)"]
+    if not model_info.get("trained", True):
+        lines.append("- **warning: randomly initialised model (no trained weights); the numbers are meaningless**")
+    return lines
+
+
 def header_markdown(title: str, model_info: dict[str, Any], command: str, seconds: float) -> str:
     """Common report header: what was run, on which model, how long it took."""
-    lines = [f"# {title}", "", f"- command: `{command}`", f"- model: {model_info['checkpoint']} "
-             f"({model_info['model_type']}, {model_info['parameters'] / 1e6:.1f} M parameters)",
-             f"- wall time: {seconds:.0f} s"]
-    if not model_info["trained"]:
-        lines.append("- **warning: randomly initialised model (no trained weights); the numbers are meaningless**")
+    lines = [f"# {title}", "", f"- command: `{command}`", *model_lines(model_info), f"- wall time: {seconds:.0f} s"]
     return "\n".join(lines) + "\n\n"
 
 

@@ -179,9 +179,7 @@ def summarize(runs_dir: Path, out_dir: Path | None = None) -> tuple[dict[str, An
                   "compute_seconds": _seconds(reports[e][1])} for e in ordered}
     md = "# Evaluation summary\n\n"
     if model is not None:
-        md += (f"- model: {model['checkpoint']} ({model['model_type']}, {model['parameters'] / 1e6:.1f} M parameters)\n")
-        if not model.get("trained", True):
-            md += "- **warning: randomly initialised model (no trained weights); the numbers are meaningless**\n"
+        md += "".join(line + "\n" for line in report.model_lines(model))
     md += f"- reports read from `{runs_dir}` (each folder's report.md has the details, plots and examples)\n\n"
     rows = [[e, f"[{Path(s['folder']).name}]({os.path.relpath(Path(s['folder']) / 'report.md', out_dir)})", s["state"],
              None if s["compute_seconds"] is None else f"{s['compute_seconds']:.0f}"] for e, s in status.items()]
