@@ -24,7 +24,7 @@ from . import report
 EXPERIMENTS = ("points", "prompts", "edges", "proposals", "instances", "fairness")
 TITLES = {
     "points": "Point-to-mask mIoU (paper 7.1 / D.1, figure 9)",
-    "prompts": "Box / 1-point / 5-click mIoU next to classical baselines",
+    "prompts": "Box / 1-point / 5-click mIoU (classical baselines where the run scored them)",
     "edges": "Edge detection on BSDS500 (paper 7.2 / D.2, table 3)",
     "proposals": "Object proposals (paper 7.3 / D.3, table 4)",
     "instances": "Box-prompted instance segmentation (paper 7.4 / D.4, table 5)",
