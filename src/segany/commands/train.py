@@ -20,6 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out-dir", default=None, help="override train.out_dir")
     p.add_argument("--steps", type=int, default=None, help="override train.steps")
     p.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
+    p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
+                   help="start a fresh run from these weights (overrides model.checkpoint)")
     p.set_defaults(func=run)
 
 
@@ -33,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
         overrides["steps"] = args.steps
     if args.max_minutes is not None:
         overrides["max_minutes"] = args.max_minutes
-    metrics = train(args.config, resume=args.resume, **overrides)
+    metrics = train(args.config, resume=args.resume, init_from=args.init_from, **overrides)
     if metrics:
         print(" ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     return 0

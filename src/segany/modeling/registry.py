@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .cnn_encoder import ImageEncoderCNN
 from .image_encoder import ImageEncoderViT
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
@@ -49,19 +50,30 @@ class SamConfig:
     text_embed_dim: int | None = None
     drop_path_rate: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    # "vit": SAM's ViT (the fields above); "cnn": segany's convolutional encoder
+    # (modeling/cnn_encoder.py; patch_size is its output stride, 8)
+    encoder_type: str = "vit"
+    cnn_widths: tuple[int, ...] = (32, 64, 128, 224, 320)
+    cnn_depths: tuple[int, ...] = (1, 2, 3, 2)
+    cnn_global_blocks: int = 2
 
     def to_json(self) -> str:
         d = asdict(self)
-        d["encoder_global_attn_indexes"] = list(self.encoder_global_attn_indexes)
+        for key in _TUPLE_FIELDS:
+            d[key] = list(getattr(self, key))
         return json.dumps(d, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> SamConfig:
         d = json.loads(text)
-        d["encoder_global_attn_indexes"] = tuple(d.get("encoder_global_attn_indexes", ()))
+        for key in _TUPLE_FIELDS:
+            if key in d:
+                d[key] = tuple(d[key])
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in d.items() if k in known})
 
+
+_TUPLE_FIELDS = ("encoder_global_attn_indexes", "cnn_widths", "cnn_depths")
 
 MODEL_CONFIGS: dict[str, SamConfig] = {
     "vit_h": SamConfig(1280, 32, 16, (7, 15, 23, 31)),
@@ -78,6 +90,17 @@ MODEL_CONFIGS: dict[str, SamConfig] = {
         patch_size=8,
         window_size=16,
     ),
+    # segany's default model since 2026-12: a residual CNN + FPN + detail path to a stride-8
+    # embedding (modeling/cnn_encoder.py), again 64x64 for a 512 px input
+    "segany_cnn": SamConfig(
+        encoder_embed_dim=0,
+        encoder_depth=0,
+        encoder_num_heads=0,
+        encoder_global_attn_indexes=(),
+        img_size=512,
+        patch_size=8,
+        encoder_type="cnn",
+    ),
 }
 
 
@@ -87,21 +110,18 @@ def build_from_config(config: SamConfig) -> Sam:
         raise ValueError(
             f"img_size/patch_size must be {EMBEDDING_GRID} (got {config.img_size}/{config.patch_size})"
         )
-    encoder = ImageEncoderViT(
-        depth=config.encoder_depth,
-        embed_dim=config.encoder_embed_dim,
-        img_size=config.img_size,
-        mlp_ratio=config.mlp_ratio,
-        norm_layer=partial(nn.LayerNorm, eps=1e-6),
-        num_heads=config.encoder_num_heads,
-        patch_size=config.patch_size,
-        qkv_bias=True,
-        use_rel_pos=True,
-        global_attn_indexes=tuple(config.encoder_global_attn_indexes),
-        window_size=config.window_size,
-        out_chans=PROMPT_EMBED_DIM,
-        drop_path_rate=config.drop_path_rate,
-    )
+    if config.encoder_type == "cnn":
+        encoder: nn.Module = ImageEncoderCNN(
+            img_size=config.img_size,
+            widths=tuple(config.cnn_widths),
+            depths=tuple(config.cnn_depths),
+            global_blocks=config.cnn_global_blocks,
+            out_chans=PROMPT_EMBED_DIM,
+        )
+    elif config.encoder_type != "vit":
+        raise ValueError(f"unknown encoder_type {config.encoder_type!r} (expected 'vit' or 'cnn')")
+    else:
+        encoder = _build_vit(config)
     sam = Sam(
         image_encoder=encoder,
         prompt_encoder=PromptEncoder(
@@ -122,6 +142,24 @@ def build_from_config(config: SamConfig) -> Sam:
     sam.config = config  # type: ignore[assignment]
     sam.eval()
     return sam
+
+
+def _build_vit(config: SamConfig) -> ImageEncoderViT:
+    return ImageEncoderViT(
+        depth=config.encoder_depth,
+        embed_dim=config.encoder_embed_dim,
+        img_size=config.img_size,
+        mlp_ratio=config.mlp_ratio,
+        norm_layer=partial(nn.LayerNorm, eps=1e-6),
+        num_heads=config.encoder_num_heads,
+        patch_size=config.patch_size,
+        qkv_bias=True,
+        use_rel_pos=True,
+        global_attn_indexes=tuple(config.encoder_global_attn_indexes),
+        window_size=config.window_size,
+        out_chans=PROMPT_EMBED_DIM,
+        drop_path_rate=config.drop_path_rate,
+    )
 
 
 def build_model(
@@ -172,6 +210,10 @@ def build_segany_tiny(checkpoint: str | os.PathLike | None = None) -> Sam:
     return build_model("segany_tiny", checkpoint)
 
 
+def build_segany_cnn(checkpoint: str | os.PathLike | None = None) -> Sam:
+    return build_model("segany_cnn", checkpoint)
+
+
 build_sam = build_sam_vit_h
 
 sam_model_registry: dict[str, Callable[..., Sam]] = {
@@ -180,6 +222,7 @@ sam_model_registry: dict[str, Callable[..., Sam]] = {
     "vit_l": build_sam_vit_l,
     "vit_b": build_sam_vit_b,
     "segany_tiny": build_segany_tiny,
+    "segany_cnn": build_segany_cnn,
 }
 
 
@@ -253,6 +296,8 @@ def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
 def guess_model_type(state: dict[str, torch.Tensor]) -> str:
     """Name the registered model whose shapes this state dict has, or describe it."""
     w = state.get("image_encoder.patch_embed.proj.weight")
+    if w is None and "image_encoder.stem.0.weight" in state:
+        return "segany_cnn"
     if w is None:
         if any(k.startswith("mask_decoder.") for k in state):
             return "a decoder-only state dict (no image_encoder)"

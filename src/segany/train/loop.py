@@ -33,6 +33,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from ..data.crops import CropConfig, CropDataset, CropSample
 from ..data.dataset import SA1BDataset, TrainSample
 from ..modeling.registry import build_model, save_checkpoint
 from ..modeling.sam import Sam
@@ -60,6 +61,9 @@ class ModelSection:
     # only used when training from scratch (no checkpoint)
     attention_init: str = "default"
     attention_init_gain: float = 3.0
+    # start the prompt encoder and mask decoder from another checkpoint's (any model with
+    # SAM's 256-d decoder), e.g. to give a new encoder an already-trained decoder
+    decoder_from: str | None = None
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,15 @@ class DataSection:
     max_area_frac: float = 0.9
     min_area_frac: float = 0.0  # drop masks smaller than this fraction of the image
     jitter: tuple[float, float] | None = None
+    # training crops (data/crops.py): crop side in input-frame pixels; None = whole squares
+    crop: int | None = None
+    scale: tuple[float, float] = (0.5, 1.6)
+    hflip: float = 0.5
+    color_jitter: float = 0.3
+    copy_paste: float = 0.3
+    candidates: int = 24
+    min_mask_px: int = 48
+    holdout_every: int = 0  # N > 0: every N-th image of each folder is the validation set, never trained on
 
 
 @dataclass(frozen=True)
@@ -84,6 +97,9 @@ class TrainSection:
     checkpoint_every_steps: int | None = None
     max_minutes: float | None = None  # stop (with a checkpoint) after this much wall time
     export: str | None = None  # also copy the weights here at every checkpoint
+    export_dtype: str | None = None  # e.g. "float16": the exported copy's float type (half the size)
+    val_every_steps: int | None = None  # score the held-out images (data.holdout_every) this often
+    val_limit: int | None = None  # at most this many held-out images per validation
 
 
 @dataclass(frozen=True)
@@ -113,7 +129,7 @@ class TrainConfig:
             if bad:
                 raise ConfigError(f"unknown keys {sorted(bad)} in section {f.name!r}; known: {sorted(known)}")
             vals = dict(raw)
-            for key in ("betas", "decay_steps", "jitter"):
+            for key in ("betas", "decay_steps", "jitter", "scale"):
                 if key in vals and vals[key] is not None:
                     vals[key] = tuple(vals[key])
             kwargs[f.name] = section_cls(**vals)
@@ -153,18 +169,34 @@ class SamTrainStep(nn.Module):
         self.prompts = prompts
         self.loss_config = loss
 
-    def forward(self, samples: list[TrainSample], generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def forward(self, samples: list[TrainSample | CropSample], generator: torch.Generator) -> dict[str, torch.Tensor]:
         sam = self.sam
         device = sam.device
-        images = torch.stack([sam.preprocess(s.image.to(device)) for s in samples])
-        embeddings = sam.image_encoder(images)
         gt = torch.cat([s.masks for s in samples]).to(device)
         index = torch.cat([torch.full((len(s.masks),), k, dtype=torch.long) for k, s in enumerate(samples)]).to(device)
-        sizes = torch.cat([torch.tensor([s.size] * len(s.masks), dtype=torch.long) for s in samples]).to(device)
-        outputs = simulate_episode(sam, embeddings, index, gt, sizes, generator, self.prompts)
+        valid = offsets = None
+        if isinstance(samples[0], CropSample):
+            # a crop is normalised like the input square; outside the image it is 0, as padding is
+            images = torch.stack([
+                (s.image.to(device) - sam.pixel_mean) / sam.pixel_std * s.valid.to(device) for s in samples
+            ])
+            side = gt.shape[-1]
+            sizes = torch.full((len(gt), 2), side, dtype=torch.long, device=device)
+            valid = torch.stack([s.valid for s in samples]).to(device)[index]
+            stride = sam.img_size // sam.prompt_encoder.image_embedding_size[0]
+            free = max(0, (sam.img_size - side) // stride)
+            offsets = torch.randint(0, free + 1, (len(samples), 2), generator=generator).to(device)[index]
+        else:
+            images = torch.stack([sam.preprocess(s.image.to(device)) for s in samples])
+            sizes = torch.cat([torch.tensor([s.size] * len(s.masks), dtype=torch.long) for s in samples]).to(device)
+        embeddings = sam.image_encoder(images)
+        outputs = simulate_episode(
+            sam, embeddings, index, gt, sizes, generator, self.prompts, valid=valid, pe_offsets=offsets
+        )
         low_side = outputs[0].low_res.shape[-1]
         target = downsample_targets(gt, low_side)
-        parts = [sam_loss(o.low_res, o.iou_pred, target, self.loss_config) for o in outputs]
+        all_parts = [sam_loss(o.low_res, o.iou_pred, target, self.loss_config) for o in outputs]
+        parts = [p for p, o in zip(all_parts, outputs) if o.trained]
         loss = torch.stack([p["loss"] for p in parts]).mean()
         with torch.no_grad():
             first, last = outputs[0], outputs[-1]
@@ -176,7 +208,7 @@ class SamTrainStep(nn.Module):
             "focal": torch.stack([p["focal"] for p in parts]).mean(),
             "dice": torch.stack([p["dice"] for p in parts]).mean(),
             "iou_mse": torch.stack([p["iou_mse"] for p in parts]).mean(),
-            "iou_first": parts[0]["iou"].detach(),  # best of the 3 outputs (the trained one)
+            "iou_first": all_parts[0]["iou"].detach(),  # best of the 3 outputs (the trained one)
             "iou_first_selected": iou_first_selected,  # the output the IoU head would pick
             "iou_last": mask_iou(last.low_res[:, 0].float(), target).mean(),
             "masks": torch.tensor(float(len(gt))),
@@ -208,7 +240,23 @@ def build_sam_for_training(section: ModelSection) -> Sam:
         sam = build_model(section.type, section.checkpoint, **section.overrides)
     if section.checkpoint is None:
         apply_attention_init(sam, section.attention_init, section.attention_init_gain)
+    if section.decoder_from and section.checkpoint is None:  # a whole checkpoint has its own decoder
+        load_decoder_from(sam, section.decoder_from)
     return prepare_for_training(sam, section)
+
+
+def load_decoder_from(sam: Sam, path: str | os.PathLike) -> None:
+    """Copy the prompt encoder and mask decoder weights of checkpoint ``path`` into ``sam``."""
+    from ..modeling.registry import CheckpointError, read_checkpoint
+
+    state, _ = read_checkpoint(path)
+    parts = {k: v for k, v in state.items() if k.startswith(("prompt_encoder.", "mask_decoder."))}
+    own = {k: v for k, v in sam.state_dict().items() if k.startswith(("prompt_encoder.", "mask_decoder."))}
+    missing = [k for k in own if k not in parts and not k.startswith("prompt_encoder.text_projection.")]
+    wrong = [k for k in own if k in parts and parts[k].shape != own[k].shape]
+    if missing or wrong:
+        raise CheckpointError(f"decoder_from {path}: {'missing ' + missing[0] if missing else 'shape of ' + wrong[0]} does not fit")
+    sam.load_state_dict({k: v.to(own[k].dtype) for k, v in parts.items() if k in own}, strict=False)
 
 
 def prepare_for_training(sam: Sam, section: ModelSection) -> Sam:
@@ -250,15 +298,30 @@ class Trainer:
         roots = [(r["path"], int(r.get("repeat", 1))) if isinstance(r, dict) else r for r in config.data.roots]
         if not roots:
             raise ConfigError("data.roots is empty: give at least one SA-1B folder")
-        self.dataset = SA1BDataset(
-            roots,
-            img_size=self.sam.img_size,
-            max_masks=config.data.max_masks,
-            max_area_frac=config.data.max_area_frac,
-            min_area_frac=config.data.min_area_frac,
-            jitter=config.data.jitter,
-            seed=tcfg.seed,
-        )
+        dcfg = config.data
+        self.dataset: SA1BDataset | CropDataset
+        if dcfg.crop is not None:
+            self.dataset = CropDataset(roots, self.sam.img_size, CropConfig(
+                crop=dcfg.crop, scale=dcfg.scale, hflip=dcfg.hflip, color_jitter=dcfg.color_jitter,
+                copy_paste=dcfg.copy_paste, max_masks=dcfg.max_masks, candidates=dcfg.candidates,
+                min_mask_px=dcfg.min_mask_px, max_area_frac=dcfg.max_area_frac,
+            ), holdout_every=dcfg.holdout_every)
+        else:
+            self.dataset = SA1BDataset(
+                roots,
+                img_size=self.sam.img_size,
+                max_masks=dcfg.max_masks,
+                max_area_frac=dcfg.max_area_frac,
+                min_area_frac=dcfg.min_area_frac,
+                jitter=dcfg.jitter,
+                seed=tcfg.seed,
+            )
+        self.val_set = None
+        if dcfg.holdout_every and tcfg.val_every_steps:
+            from .validation import validation_set
+
+            self.val_set = validation_set(roots, self.sam.img_size, dcfg.holdout_every)
+        self.val_path = self.out_dir / "val.jsonl"
         self.step_module: nn.Module = SamTrainStep(self.sam, config.prompts, config.loss)
         if self.world > 1:
             self.step_module = nn.parallel.DistributedDataParallel(
@@ -317,7 +380,8 @@ class Trainer:
         meta = {"train_step": str(self.step), "train_config": json.dumps(self.config.to_dict())}
         save_checkpoint(self.sam, self.out_dir / "model.safetensors", extra_meta=meta)
         if self.config.train.export:
-            save_checkpoint(self.sam, self.config.train.export, extra_meta=meta)
+            dtype = getattr(torch, self.config.train.export_dtype) if self.config.train.export_dtype else None
+            save_checkpoint(self.sam, self.config.train.export, extra_meta=meta, dtype=dtype)
 
     def load(self) -> None:
         """Restore model, optimiser, scheduler, step and RNG from ``checkpoint.pt``."""
@@ -329,15 +393,16 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = int(state["step"])
         torch.set_rng_state(state["rng"]["torch"].cpu())
-        if self.rank == 0 and self.metrics_path.is_file():
-            # drop log lines of steps after the checkpoint: they are about to be redone
-            kept = [
-                line for line in self.metrics_path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= self.step
-            ]
-            tmp = self.metrics_path.with_name(self.metrics_path.name + ".tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            os.replace(tmp, self.metrics_path)
+        for log in (self.metrics_path, self.val_path):
+            if self.rank == 0 and log.is_file():
+                # drop log lines of steps after the checkpoint: they are about to be redone
+                kept = [
+                    line for line in log.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= self.step
+                ]
+                tmp = log.with_name(log.name + ".tmp")
+                tmp.write_text("".join(line + "\n" for line in kept))
+                os.replace(tmp, log)
 
     # ---------------------------------------------------------------- synthetic stage
     def _synthetic_stage(self) -> None:
@@ -388,12 +453,26 @@ class Trainer:
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps({"step": self.step, "time": round(time.time(), 1), **metrics}) + "\n")
 
+    def _validate(self) -> None:
+        if self.rank != 0:
+            return
+        from .validation import validate
+
+        t0 = time.perf_counter()
+        result = validate(self.sam, self.val_set, seed=self.config.train.seed, limit=self.config.train.val_limit)
+        record = {"step": self.step, "time": round(time.time(), 1), **result, "sec": round(time.perf_counter() - t0, 1)}
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.val_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
     def run(self) -> dict[str, float]:
         tcfg = self.config.train
         if self.resume:
             self.load()
-        elif self.rank == 0 and self.metrics_path.exists():
-            self.metrics_path.unlink()
+        elif self.rank == 0:
+            for log in (self.metrics_path, self.val_path):
+                if log.exists():
+                    log.unlink()
         previous = signal.getsignal(signal.SIGTERM)
 
         def _stop(signum: int, frame: Any) -> None:
@@ -414,6 +493,8 @@ class Trainer:
                 if not math.isfinite(metrics["loss"]):
                     raise FloatingPointError(f"loss became {metrics['loss']} at step {self.step}")
                 self._log(metrics)
+                if self.val_set is not None and self.step % int(tcfg.val_every_steps) == 0:
+                    self._validate()
                 bar.update(1)
                 bar.set_postfix(loss=f"{metrics['loss']:.3f}", iou=f"{metrics['iou_last']:.3f}")
                 due_steps = tcfg.checkpoint_every_steps and self.step % tcfg.checkpoint_every_steps == 0
@@ -431,10 +512,18 @@ class Trainer:
         return metrics
 
 
-def train(config: TrainConfig | str | os.PathLike, resume: bool = False, **train_overrides: Any) -> dict[str, float]:
-    """Train per a config (object or YAML path); ``train_overrides`` replace ``train:`` keys."""
+def train(
+    config: TrainConfig | str | os.PathLike,
+    resume: bool = False,
+    init_from: str | os.PathLike | None = None,
+    **train_overrides: Any,
+) -> dict[str, float]:
+    """Train per a config (object or YAML path); ``train_overrides`` replace ``train:`` keys;
+    ``init_from`` replaces ``model.checkpoint`` (the weights a fresh run starts from)."""
     if not isinstance(config, TrainConfig):
         config = TrainConfig.load(config)
+    if init_from is not None:
+        config = replace(config, model=replace(config.model, checkpoint=str(init_from)))
     if train_overrides:
         config = replace(config, train=replace(config.train, **train_overrides))
     return Trainer(config, resume=resume).run()

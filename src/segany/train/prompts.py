@@ -44,6 +44,10 @@ class PromptConfig:
     box_prob: float = 0.5  # probability that the first prompt is a box
     box_noise_frac: float = 0.1  # noise std as a fraction of the box side ...
     box_noise_max_px: float = 20.0  # ... capped at this many pixels of a 1024-px frame
+    # RITM-style: up to this many corrective clicks (a random number each step) are simulated
+    # *without gradients* before the iterations that train, so the model learns to correct
+    # masks after several clicks at the cost of cheap forward passes (0 = the paper's episode)
+    nograd_clicks: int = 0
 
 
 @dataclass
@@ -57,6 +61,7 @@ class IterationOutput:
     labels: torch.Tensor
     multimask: bool
     added_point: bool
+    trained: bool = True  # False: a no-gradient warm-up iteration (``nograd_clicks``)
 
 
 def iteration_schedule(num_point_iters: int, generator: torch.Generator, no_point_iters: int = 2) -> list[bool]:
@@ -135,11 +140,19 @@ def noisy_boxes(
 
 
 def first_prompts(
-    masks: torch.Tensor, image_sizes: torch.Tensor, config: PromptConfig, generator: torch.Generator
+    masks: torch.Tensor,
+    image_sizes: torch.Tensor,
+    config: PromptConfig,
+    generator: torch.Generator,
+    frame_side: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mx2x2 coordinates and Mx2 labels of the first prompt: a box (two corner tokens) or a
-    foreground point followed by a padding token (as the official encoder pads points)."""
+    foreground point followed by a padding token (as the official encoder pads points).
+
+    ``frame_side`` is the model's input side (the box-noise cap is given for a 1024 px frame);
+    it defaults to the masks' side, which differs only for training crops."""
     m, side, _ = masks.shape
+    side = frame_side or side
     use_box = torch.rand(m, generator=generator) < config.box_prob
     points, _ = sample_points(masks, generator)
     boxes = noisy_boxes(
@@ -198,6 +211,19 @@ def upscale_to_input(low_res: torch.Tensor, side: int) -> torch.Tensor:
     return F.interpolate(low_res.float(), (side, side), mode="bilinear", align_corners=False)[:, 0]
 
 
+def window_pe(dense_pe: torch.Tensor, offsets: torch.Tensor, grid: int) -> torch.Tensor:
+    """MxCxgxg windows of the 1xCxGxG grid encoding at ``offsets`` (Mx2 (x, y) grid cells).
+
+    A training crop is a window of the model's input square: its embedding cells get the
+    positional encoding of the cells they would occupy there, so the decoder sees the
+    encodings it sees at inference."""
+    rows = offsets[:, 1, None] + torch.arange(grid, device=offsets.device)[None]
+    cols = offsets[:, 0, None] + torch.arange(grid, device=offsets.device)[None]
+    pe = dense_pe[0][:, rows]  # C x M x g x G
+    pe = pe.permute(1, 0, 2, 3)  # M x C x g x G
+    return torch.gather(pe, 3, cols[:, None, None, :].expand(-1, pe.shape[1], grid, -1))
+
+
 def simulate_episode(
     sam: Sam,
     image_embeddings: torch.Tensor,
@@ -206,31 +232,47 @@ def simulate_episode(
     image_sizes: torch.Tensor,
     generator: torch.Generator,
     config: PromptConfig = PromptConfig(),
+    valid: torch.Tensor | None = None,
+    pe_offsets: torch.Tensor | None = None,
 ) -> list[IterationOutput]:
     """Run the episode (11 iterations with the paper's settings) for M masks and return every
     iteration's outputs.
 
     Args:
-        image_embeddings: BxCx64x64 (gradients flow into them from every iteration).
+        image_embeddings: BxCxgxg (gradients flow into them from every trained iteration).
         embedding_index: M ints, the image of each mask.
-        gt_masks: MxSxS bool masks in the padded input square (S = ``sam.img_size``).
+        gt_masks: MxSxS bool masks in the padded input square (S = ``sam.img_size``) or, for
+            training crops, in the crop (S = the crop side).
         image_sizes: Mx2 (h, w) of each mask's image inside the square.
         generator: the only source of randomness (CPU generator).
+        valid: MxSxS bool, the pixels that show the image (default: from ``image_sizes``).
+        pe_offsets: Mx2 grid-cell offsets of each crop in the input square (crops only).
     """
-    side = sam.img_size
+    side = gt_masks.shape[-1]
     pe_layer = sam.prompt_encoder
     dense_pe = pe_layer.get_dense_pe()
+    grid = image_embeddings.shape[-1]
+    stride = sam.img_size // dense_pe.shape[-1]
+    if pe_offsets is not None:
+        dense_pe = window_pe(dense_pe, pe_offsets.to(dense_pe.device), grid)
+        shift = (pe_offsets.to(gt_masks.device).float() * stride)[:, None, :]
+    else:
+        shift = None
     emb = image_embeddings[embedding_index]
-    coords, labels = first_prompts(gt_masks, image_sizes, config, generator)
-    schedule = [True, *iteration_schedule(config.num_point_iters, generator, config.no_point_iters)]  # first = the initial prompt
+    coords, labels = first_prompts(gt_masks, image_sizes, config, generator, sam.img_size)
+    warmup = int(torch.randint(0, config.nograd_clicks + 1, (1,), generator=generator)) if config.nograd_clicks else 0
+    schedule = [True, *iteration_schedule(config.num_point_iters + warmup, generator, config.no_point_iters)]
     outputs: list[IterationOutput] = []
     feedback: torch.Tensor | None = None
     single_prompt = True
     # predictions over the padding are not errors the user could click on
-    ys = torch.arange(side, device=gt_masks.device)
-    inside = (ys[None, :, None] < image_sizes[:, 0, None, None].to(ys)) & (
-        ys[None, None, :] < image_sizes[:, 1, None, None].to(ys)
-    )
+    if valid is None:
+        ys = torch.arange(side, device=gt_masks.device)
+        inside = (ys[None, :, None] < image_sizes[:, 0, None, None].to(ys)) & (
+            ys[None, None, :] < image_sizes[:, 1, None, None].to(ys)
+        )
+    else:
+        inside = valid.to(gt_masks.device)
     for step, adds in enumerate(schedule):
         if step > 0 and adds:
             assert feedback is not None
@@ -239,18 +281,20 @@ def simulate_episode(
             coords = torch.cat([coords, new_xy.to(coords)], dim=1)
             labels = torch.cat([labels, new_lab.to(labels)], dim=1)
             single_prompt = False
-        sparse = embed_prompt_tokens(pe_layer, coords, labels)
-        if feedback is None:
-            dense = pe_layer.no_mask_dense(len(emb))
-        else:
-            dense = pe_layer.mask_downscaling(feedback.detach().to(emb.dtype))
-        low_res, iou_pred = sam.mask_decoder(
-            image_embeddings=emb,
-            image_pe=dense_pe,
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=single_prompt,
-        )
-        outputs.append(IterationOutput(low_res, iou_pred, coords, labels, single_prompt, step > 0 and adds))
+        trained = step >= warmup
+        with torch.set_grad_enabled(trained and torch.is_grad_enabled()):
+            sparse = embed_prompt_tokens(pe_layer, coords if shift is None else coords + shift, labels)
+            if feedback is None:
+                dense = pe_layer.no_mask_dense(len(emb), (grid, grid))
+            else:
+                dense = pe_layer.mask_downscaling(feedback.detach().to(emb.dtype))
+            low_res, iou_pred = sam.mask_decoder(
+                image_embeddings=emb if trained else emb.detach(),
+                image_pe=dense_pe,
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=single_prompt,
+            )
+        outputs.append(IterationOutput(low_res, iou_pred, coords, labels, single_prompt, step > 0 and adds, trained))
         feedback = select_feedback(low_res.detach().float(), iou_pred.detach().float())
     return outputs
