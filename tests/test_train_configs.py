@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from segany.modeling.registry import MODEL_CONFIGS
-from segany.train.loop import TrainConfig
+from segany.train.loop import ConfigError, TrainConfig
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "src" / "segany" / "configs").glob("*.yaml"))
 
@@ -35,3 +36,40 @@ def test_default_model_config_trains_from_scratch_with_positional_attention() ->
     assert cfg.model.type == "segany_tiny" and cfg.model.checkpoint is None
     assert cfg.model.attention_init == "positional" and cfg.model.attention_init_gain > 1
     assert cfg.prompts.num_point_iters >= 1 and max(cfg.optim.decay_steps) < cfg.train.steps
+
+
+CNN = CONFIGS[0].parent / "segany_cnn_cpu.yaml"
+
+
+def test_cnn_default_recipe() -> None:
+    """The default model's current recipe: CNN encoder, crops, RITM-style clicks, a held-out
+    validation set carved from the train splits, fp16 export."""
+    cfg = TrainConfig.load(CNN)
+    assert MODEL_CONFIGS[cfg.model.type].encoder_type == "cnn"
+    assert cfg.data.crop and cfg.data.crop % 32 == 0 and cfg.data.holdout_every > 0
+    assert cfg.prompts.nograd_clicks > 0 and cfg.data.copy_paste > 0
+    assert cfg.train.export_dtype == "float16" and cfg.train.val_every_steps
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.checkpoint_every_s=soon", "train.checkpoint_every_s must be a number"),
+        ("train.bf16=1", "train.bf16 must be true or false"),
+        ("train.steps=2.5", "train.steps must be an integer"),
+        ("optim.lr=.nan", "optim.lr must be finite"),
+        ("data.scale=[0.5]", "data.scale must have 2 entries"),
+        ("optim.decay_steps=[10, x]", "optim.decay_steps[1] must be an integer"),
+        ("data.roots=3", "data.roots must be a list"),
+        ("train", "must look like section.key=value"),
+    ],
+)
+def test_bad_values_fail_before_training(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        TrainConfig.load(CNN, [override])
+
+
+def test_yaml_exponent_strings_are_numbers() -> None:
+    """PyYAML reads 1.0e9 (no exponent sign) as a string; it must still be a float here."""
+    cfg = TrainConfig.load(CNN, ["train.checkpoint_every_s=1.0e9", "train.bf16=true", "train.images_per_step=64"])
+    assert cfg.train.checkpoint_every_s == 1e9 and cfg.train.bf16 is True and cfg.train.images_per_step == 64

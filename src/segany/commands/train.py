@@ -20,6 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out-dir", default=None, help="override train.out_dir")
     p.add_argument("--steps", type=int, default=None, help="override train.steps")
     p.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config value (YAML syntax), e.g. --set train.bf16=true; repeatable")
     p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
                    help="start a fresh run from these weights (overrides model.checkpoint)")
     p.set_defaults(func=run)
@@ -35,7 +37,10 @@ def run(args: argparse.Namespace) -> int:
         overrides["steps"] = args.steps
     if args.max_minutes is not None:
         overrides["max_minutes"] = args.max_minutes
-    metrics = train(args.config, resume=args.resume, init_from=args.init_from, **overrides)
+    from ..train.loop import TrainConfig
+
+    config = TrainConfig.load(args.config, overrides=args.set)
+    metrics = train(config, resume=args.resume, init_from=args.init_from, **overrides)
     if metrics:
         print(" ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     return 0

@@ -23,6 +23,8 @@ import math
 import os
 import signal
 import time
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -46,6 +48,72 @@ from .synthetic import SyntheticConfig, pretrain_decoder_synthetic
 
 class ConfigError(ValueError):
     """A training config is malformed."""
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _checked(where: str, value: Any, hint: Any) -> Any:
+    """``value`` checked against the field's type ``hint`` (and converted where YAML is
+    ambiguous), so a bad config fails before the first step, naming the key.
+
+    PyYAML reads ``1.0e9`` (no sign in the exponent) as a *string*; numeric strings are
+    accepted for numeric fields for that reason. Lists become tuples for tuple fields."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _checked(where, value, option)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} is not {_type_name(hint)}")
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where} must be true or false, got {value!r}")
+    if hint in (int, float):
+        if isinstance(value, str):
+            try:
+                value = float(value) if hint is float else int(value)
+            except ValueError:
+                kind = "a number" if hint is float else "an integer"
+                raise ConfigError(f"{where} must be {kind}, got the string {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where} must be {'an integer' if hint is int else 'a number'}, got {value!r}")
+        if hint is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ConfigError(f"{where} must be an integer, got {value!r}")
+            return int(value)
+        if not math.isfinite(float(value)):
+            raise ConfigError(f"{where} must be finite, got {value!r}")
+        return float(value)
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where} must be a string, got {value!r}")
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_checked(f"{where}[{k}]", v, args[0]) for k, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{where} must have {len(args)} entries, got {value!r}")
+        return tuple(_checked(f"{where}[{k}]", v, a) for k, (v, a) in enumerate(zip(value, args)))
+    if origin is list or hint is list:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        return list(value)
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping, got {value!r}")
+        return dict(value)
+    return value
 
 
 @dataclass(frozen=True)
@@ -100,6 +168,7 @@ class TrainSection:
     export_dtype: str | None = None  # e.g. "float16": the exported copy's float type (half the size)
     val_every_steps: int | None = None  # score the held-out images (data.holdout_every) this often
     val_limit: int | None = None  # at most this many held-out images per validation
+    loader_workers: int = 0  # threads preparing crops (GPU runs); 0 = in the training thread
 
 
 @dataclass(frozen=True)
@@ -128,15 +197,15 @@ class TrainConfig:
             bad = set(raw) - known
             if bad:
                 raise ConfigError(f"unknown keys {sorted(bad)} in section {f.name!r}; known: {sorted(known)}")
-            vals = dict(raw)
-            for key in ("betas", "decay_steps", "jitter", "scale"):
-                if key in vals and vals[key] is not None:
-                    vals[key] = tuple(vals[key])
+            hints = typing.get_type_hints(section_cls)
+            vals = {key: _checked(f"{f.name}.{key}", value, hints[key]) for key, value in raw.items()}
             kwargs[f.name] = section_cls(**vals)
         return cls(**kwargs)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> TrainConfig:
+    def load(cls, path: str | os.PathLike, overrides: list[str] | None = None) -> TrainConfig:
+        """Read a YAML config; ``overrides`` are ``section.key=value`` strings (YAML values)
+        applied on top, e.g. ``train.bf16=true`` (how the GPU script reuses the CPU config)."""
         import yaml
 
         try:
@@ -147,6 +216,20 @@ class TrainConfig:
             raise ConfigError(f"config {path} is not valid YAML: {exc}") from None
         if not isinstance(d, dict):
             raise ConfigError(f"config {path} must be a YAML mapping of sections")
+        for item in overrides or []:
+            key, sep, raw = item.partition("=")
+            section, dot, name = key.strip().partition(".")
+            if not sep or not dot or not section or not name:
+                raise ConfigError(f"override {item!r} must look like section.key=value")
+            try:
+                value = yaml.safe_load(raw)
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"override {item!r}: value is not valid YAML: {exc}") from None
+            target = d.setdefault(section, {}) or {}
+            if not isinstance(target, dict):
+                raise ConfigError(f"override {item!r}: section {section!r} is not a mapping")
+            target[name] = value
+            d[section] = target
         return cls.from_dict(d)
 
     def to_dict(self) -> dict[str, Any]:
@@ -316,6 +399,11 @@ class Trainer:
                 jitter=dcfg.jitter,
                 seed=tcfg.seed,
             )
+        self._pool = None
+        if tcfg.loader_workers > 0:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(tcfg.loader_workers, thread_name_prefix="segany-load")
         self.val_set = None
         if dcfg.holdout_every and tcfg.val_every_steps:
             from .validation import validation_set
@@ -346,18 +434,30 @@ class Trainer:
             out.append(int(perm[pos]))
         return out
 
-    def _samples(self, step: int) -> list[TrainSample]:
-        rng = np.random.default_rng(_step_seed(self.config.train.seed, step, self.rank))
-        samples = []
-        for idx in self._indices(step):
-            s = self.dataset.load(idx, rng)
-            tries = 0
-            while len(s.masks) == 0 and tries < 10:  # jitter cropped every mask away: redraw
-                s = self.dataset.load(int(rng.integers(len(self.dataset))), rng)
-                tries += 1
-            if len(s.masks):
-                samples.append(s)
-        return samples
+    def _load_one(self, idx: int, rng: np.random.Generator) -> TrainSample | CropSample | None:
+        s = self.dataset.load(idx, rng)
+        tries = 0
+        while len(s.masks) == 0 and tries < 10:  # jitter cropped every mask away: redraw
+            s = self.dataset.load(int(rng.integers(len(self.dataset))), rng)
+            tries += 1
+        return s if len(s.masks) else None
+
+    def _samples(self, step: int) -> list[TrainSample | CropSample]:
+        """The step's samples. Crops draw from one generator per image (seeded by step, rank
+        and slot), so ``loader_workers`` threads can prepare them in parallel with the same
+        result; whole-square samples keep one generator per step."""
+        seed = _step_seed(self.config.train.seed, step, self.rank)
+        indices = self._indices(step)
+        if isinstance(self.dataset, CropDataset):
+            rngs = [np.random.default_rng([seed, j]) for j in range(len(indices))]
+            if self._pool is not None:
+                loaded = list(self._pool.map(self._load_one, indices, rngs))
+            else:
+                loaded = [self._load_one(i, r) for i, r in zip(indices, rngs)]
+        else:
+            rng = np.random.default_rng(seed)
+            loaded = [self._load_one(i, rng) for i in indices]
+        return [s for s in loaded if s is not None]
 
     # ---------------------------------------------------------------- checkpoints
     def save(self) -> None:
