@@ -86,14 +86,17 @@ def sample_points(region: torch.Tensor, generator: torch.Generator) -> tuple[tor
     """One point per mask, uniformly among the True pixels of ``region`` (MxHxW bool).
 
     Returns coordinates Mx2 (x, y) in the region's pixel frame and a bool M vector that is
-    False where the region was empty (those points are meaningless).
+    False where the region was empty (those points are meaningless). ``generator`` is a CPU
+    generator whatever the region's device: one uniform draw per mask picks the pixel by
+    inverse CDF on the region's device, so CUDA training needs no host copy of the masks.
     """
     m, h, w = region.shape
     flat = region.reshape(m, -1)
     valid = flat.any(dim=1)
-    weights = flat.float()
-    weights[~valid, 0] = 1.0  # multinomial needs a positive row; the point is marked invalid
-    idx = torch.multinomial(weights, 1, generator=generator).squeeze(1)
+    cum = flat.float().cumsum(dim=1)  # exact: counts stay far below 2**24
+    u = torch.rand(m, generator=generator).to(region.device)
+    target = (u * cum[:, -1]).unsqueeze(1)
+    idx = torch.searchsorted(cum, target, right=True).squeeze(1).clamp(max=h * w - 1)
     xy = torch.stack([idx % w, idx // w], dim=1).float()
     return xy, valid
 
@@ -153,18 +156,19 @@ def first_prompts(
     it defaults to the masks' side, which differs only for training crops."""
     m, side, _ = masks.shape
     side = frame_side or side
-    use_box = torch.rand(m, generator=generator) < config.box_prob
+    device = masks.device
+    use_box = (torch.rand(m, generator=generator) < config.box_prob).to(device)
     points, _ = sample_points(masks, generator)
     boxes = noisy_boxes(
         masks, image_sizes, generator, config.box_noise_frac, config.box_noise_max_px * side / 1024.0
     )
-    coords = torch.zeros(m, 2, 2)
-    labels = torch.full((m, 2), PAD, dtype=torch.long)
+    coords = torch.zeros(m, 2, 2, device=device)
+    labels = torch.full((m, 2), PAD, dtype=torch.long, device=device)
     coords[:, 0] = torch.where(use_box[:, None], boxes[:, :2], points)
     coords[:, 1] = torch.where(use_box[:, None], boxes[:, 2:], torch.zeros_like(points))
     labels[:, 0] = torch.where(use_box, BOX_TOP_LEFT, FOREGROUND)
     labels[:, 1] = torch.where(use_box, BOX_BOTTOM_RIGHT, PAD)
-    return coords.to(masks.device), labels.to(masks.device)
+    return coords, labels
 
 
 def error_points(
