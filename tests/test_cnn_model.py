@@ -163,3 +163,26 @@ def test_validation_is_logged(coded_folder, tmp_path):
     assert all(0.0 <= r["val_point"] <= 1.0 and r["val_masks"] > 0 for r in rows)
     state, _ = read_checkpoint(tmp_path / "v" / "half.safetensors")
     assert state["mask_decoder.iou_token.weight"].dtype == torch.float16
+
+
+@pytest.mark.parametrize("single", [False, True])
+def test_single_token_is_trained_on_single_prompts(coded_folder, single):
+    """With ``single_token_on_first`` the first prompt's pass also trains mask 0 (what
+    ``multimask_output=False`` returns), from the same decoder pass."""
+    from segany.train.loop import SamTrainStep
+    from segany.train.losses import LossConfig
+    from segany.train.prompts import PromptConfig
+
+    torch.manual_seed(0)
+    sam = build_model("segany_cnn", **{k: tuple(v) if isinstance(v, list) else v for k, v in SMALL_CNN.items()})
+    sam.train()
+    data = CropDataset([coded_folder], 256, CropConfig(crop=128, min_mask_px=8))
+    samples = [data.load(0, np.random.default_rng(0))]
+    prompts = PromptConfig(num_point_iters=0, no_point_iters=0, single_token_on_first=single)
+    out = SamTrainStep(sam, prompts, LossConfig())(samples, torch.Generator().manual_seed(0))
+    out["loss"].backward()
+    heads = sam.mask_decoder.output_hypernetworks_mlps  # head k only shapes mask k
+    trained = [h.layers[0].weight.grad for h in heads[1:]]  # the lowest-loss one of masks 1-3
+    assert sum(float(g.abs().sum()) for g in trained if g is not None) > 0
+    grad0 = heads[0].layers[0].weight.grad
+    assert (grad0 is not None and grad0.abs().sum() > 0) == single

@@ -280,7 +280,13 @@ class SamTrainStep(nn.Module):
         target = downsample_targets(gt, low_side)
         all_parts = [sam_loss(o.low_res, o.iou_pred, target, self.loss_config) for o in outputs]
         parts = [p for p, o in zip(all_parts, outputs) if o.trained]
+        singles = [
+            sam_loss(o.single_low_res, o.single_iou_pred, target, self.loss_config)["loss"]
+            for o in outputs if o.trained and o.single_low_res is not None
+        ]
         loss = torch.stack([p["loss"] for p in parts]).mean()
+        if singles:  # the single-output token on the same single prompts: one more term
+            loss = loss + torch.stack(singles).mean()
         with torch.no_grad():
             first, last = outputs[0], outputs[-1]
             best = first.iou_pred.argmax(dim=1)

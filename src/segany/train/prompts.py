@@ -48,6 +48,10 @@ class PromptConfig:
     # *without gradients* before the iterations that train, so the model learns to correct
     # masks after several clicks at the cost of cheap forward passes (0 = the paper's episode)
     nograd_clicks: int = 0
+    # also train the single-output token (mask 0) on single prompts, from the same decoder pass:
+    # the official predictor returns it for ``multimask_output=False`` (a box, usually), which
+    # the paper's recipe only trains once there are several prompts
+    single_token_on_first: bool = False
 
 
 @dataclass
@@ -62,6 +66,8 @@ class IterationOutput:
     multimask: bool
     added_point: bool
     trained: bool = True  # False: a no-gradient warm-up iteration (``nograd_clicks``)
+    single_low_res: torch.Tensor | None = None  # mask 0 of a single-prompt pass (``single_token_on_first``)
+    single_iou_pred: torch.Tensor | None = None
 
 
 def iteration_schedule(num_point_iters: int, generator: torch.Generator, no_point_iters: int = 2) -> list[bool]:
@@ -292,13 +298,21 @@ def simulate_episode(
                 dense = pe_layer.no_mask_dense(len(emb), (grid, grid))
             else:
                 dense = pe_layer.mask_downscaling(feedback.detach().to(emb.dtype))
-            low_res, iou_pred = sam.mask_decoder(
-                image_embeddings=emb if trained else emb.detach(),
-                image_pe=dense_pe,
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=single_prompt,
-            )
-        outputs.append(IterationOutput(low_res, iou_pred, coords, labels, single_prompt, step > 0 and adds, trained))
+            single = None
+            if single_prompt and trained and config.single_token_on_first:
+                every, every_iou = sam.mask_decoder.predict_masks(emb, dense_pe, sparse, dense)
+                low_res, iou_pred, single = every[:, 1:], every_iou[:, 1:], (every[:, :1], every_iou[:, :1])
+            else:
+                low_res, iou_pred = sam.mask_decoder(
+                    image_embeddings=emb if trained else emb.detach(),
+                    image_pe=dense_pe,
+                    sparse_prompt_embeddings=sparse,
+                    dense_prompt_embeddings=dense,
+                    multimask_output=single_prompt,
+                )
+        out = IterationOutput(low_res, iou_pred, coords, labels, single_prompt, step > 0 and adds, trained)
+        if single is not None:
+            out.single_low_res, out.single_iou_pred = single
+        outputs.append(out)
         feedback = select_feedback(low_res.detach().float(), iou_pred.detach().float())
     return outputs
