@@ -200,3 +200,122 @@ def mask_iou(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> torc
     inter = fa @ fb.T
     union = fa.sum(1)[:, None] + fb.sum(1)[None, :] - inter
     return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(inter))
+
+
+# ---------------------------------------------------------------------- validation
+
+# pycocotools keeps run lengths and sizes in uint32; larger values wrap silently.
+_MAX_RLE_VALUE = 2**32 - 1
+_MAX_RLE_SIDE = 2**31 - 1
+
+
+def decode_coco_counts(counts: str | bytes, field: str = "rle.counts") -> np.ndarray:
+    """The run lengths (int64) of a COCO compressed ``counts`` string, checking its syntax.
+
+    Why not pycocotools: its C decoder trusts the string. Garbage, a truncated run or runs
+    that sum past ``h*w`` make it read or write past its buffers (wrong masks, crashes), so a
+    string from a client or an old database row is decoded here first, vectorised, following
+    ``rleFrString``: 6-bit groups ('0' + value), bit 5 continues a number, bit 4 of the last
+    group is the sign, and from the fourth run on each number is a delta to the run two back.
+    Raises ``ValueError`` naming ``field``.
+    """
+    if isinstance(counts, str):
+        try:
+            raw = counts.encode("ascii")
+        except UnicodeEncodeError:
+            raise ValueError(f"{field} must be ASCII (a COCO RLE string), got non-ASCII characters") from None
+    elif isinstance(counts, (bytes, bytearray)):
+        raw = bytes(counts)
+    else:
+        raise ValueError(f"{field} must be a string, got {type(counts).__name__}")
+    if not raw:
+        raise ValueError(f"{field} is empty")
+    c = np.frombuffer(raw, dtype=np.uint8).astype(np.int64) - 48
+    if (c < 0).any() or (c > 63).any():
+        raise ValueError(f"{field} has characters outside the COCO RLE alphabet ('0' to 'o')")
+    more = (c & 0x20) != 0
+    if more[-1]:
+        raise ValueError(f"{field} is truncated (ends inside a run length)")
+    ends = np.flatnonzero(~more)
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    lengths = ends - starts + 1
+    if int(lengths.max()) > 7:  # 7 groups = 35 bits, enough for any uint32 run or delta
+        raise ValueError(f"{field} holds a number too large for a run length")
+    position = np.arange(c.size) - np.repeat(starts, lengths)
+    x = np.add.reduceat((c & 0x1F) << (5 * position), starts)
+    negative = (c[ends] & 0x10) != 0
+    x[negative] -= np.left_shift(np.int64(1), 5 * lengths[negative])
+    runs = x.copy()
+    runs[1::2] = np.cumsum(x[1::2])
+    runs[2::2] = np.cumsum(x[2::2])
+    return runs
+
+
+def _check_rle_size(size: Any, field: str) -> tuple[int, int]:
+    if not isinstance(size, (list, tuple)) or len(size) != 2:
+        raise ValueError(f"{field} must be [height, width], got {_short(size)}")
+    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in size):
+        raise ValueError(f"{field} must be two integers, got {_short(size)}")
+    h, w = int(size[0]), int(size[1])
+    if not (1 <= h <= _MAX_RLE_SIDE and 1 <= w <= _MAX_RLE_SIDE):
+        raise ValueError(f"{field} must be two positive integers below 2**31, got {_short(size)}")
+    return h, w
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def validate_rle(rle: Any, expected_size: tuple[int, int] | None = None, field: str = "rle") -> RLE:
+    """Check an RLE completely and return it as a COCO RLE ``{"size": [h, w], "counts": str}``.
+
+    Accepts the COCO compressed form (``str``/``bytes`` counts) and the uncompressed one
+    (a list of run lengths). Checks that ``size`` is two positive ints (equal to
+    ``expected_size`` (h, w) when given), that compressed counts are ASCII and decode, and
+    that the runs are non-negative and sum to ``h*w``. Stored data has to pass this before
+    it is acknowledged, because every later reader (pycocotools, the page, the exporter)
+    assumes it; a ``ValueError`` naming the offending field is raised otherwise (``field``
+    is the prefix of those names; ``""`` names top-level ``size`` and ``counts``).
+    """
+    name = field or "mask"
+    size_field, counts_field = (f"{field}.size", f"{field}.counts") if field else ("size", "counts")
+    if not isinstance(rle, dict):
+        raise ValueError(f"{name} must be an object {{'size': [h, w], 'counts': ...}}, got {type(rle).__name__}")
+    unknown = sorted(str(k) for k in set(rle) - {"size", "counts"})
+    if unknown:
+        raise ValueError(f"{name} has unknown keys {unknown[:5]}; expected only 'size' and 'counts'")
+    if "size" not in rle or "counts" not in rle:
+        raise ValueError(f"{name} must have both 'size' and 'counts'")
+    h, w = _check_rle_size(rle["size"], size_field)
+    if expected_size is not None and (h, w) != (int(expected_size[0]), int(expected_size[1])):
+        raise ValueError(
+            f"{size_field} [{h}, {w}] does not match the image's [{int(expected_size[0])}, {int(expected_size[1])}] (h, w)"
+        )
+    n = h * w
+    counts = rle["counts"]
+    if isinstance(counts, (str, bytes, bytearray)):
+        runs = decode_coco_counts(counts, counts_field)
+    elif isinstance(counts, (list, tuple)):
+        if not all(isinstance(c, (int, np.integer)) and not isinstance(c, bool) for c in counts):
+            raise ValueError(f"{counts_field} must be a list of integers (uncompressed runs) or a COCO RLE string")
+        if len(counts) > n + 1:
+            raise ValueError(f"{counts_field} has {len(counts)} runs, more than h*w + 1 = {n + 1}")
+        if any(c < 0 or c > n for c in counts):
+            raise ValueError(f"{counts_field} must be run lengths between 0 and h*w = {n}")
+        runs = np.asarray(counts, dtype=np.int64)
+    else:
+        raise ValueError(f"{counts_field} must be a COCO RLE string or a list of run lengths, got {type(counts).__name__}")
+    if runs.size == 0:
+        raise ValueError(f"{counts_field} is empty")
+    if (runs < 0).any():
+        raise ValueError(f"{counts_field} decodes to a negative run length")
+    if (runs > _MAX_RLE_VALUE).any():
+        raise ValueError(f"{counts_field} holds a run longer than 2**32 - 1")
+    total = int(runs.sum())
+    if total != n:
+        raise ValueError(f"{counts_field} runs sum to {total}, expected h*w = {h}*{w} = {n}")
+    if isinstance(counts, (list, tuple)):
+        return coco_encode_rle({"size": [h, w], "counts": [int(c) for c in counts]})
+    text = counts if isinstance(counts, str) else bytes(counts).decode("ascii")
+    return {"size": [h, w], "counts": text}

@@ -1,4 +1,8 @@
-"""``segany engine export | report | prefill``: the data engine's offline side."""
+"""``segany engine export | report | prefill``: the data engine's offline side.
+
+Rows or images that cannot be read are skipped and listed on stderr rather than failing
+the whole run; bad options and databases print one line and exit with status 2.
+"""
 
 from __future__ import annotations
 
@@ -29,6 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pre = sub.add_parser("prefill", help="semi-automatic stage: pre-fill confident masks on every image")
     pre.add_argument("--db", required=True)
     pre.add_argument("--annotator", default="prefill")
+    pre.add_argument("--max-pixels", type=int, default=None,
+                     help="skip images with more pixels (default: the server's limit)")
     add_model_args(pre)
     pre.set_defaults(func=run_prefill)
 
@@ -43,11 +49,37 @@ def _store(url: str):
     return open_store(url)
 
 
+MAX_LISTED = 20  # skipped rows named one by one; the rest are counted
+
+
+def _report_skipped(what: str, skipped: list[str]) -> None:
+    for line in skipped[:MAX_LISTED]:
+        print(f"skipped {line}", file=sys.stderr)
+    if len(skipped) > MAX_LISTED:
+        print(f"... and {len(skipped) - MAX_LISTED} more", file=sys.stderr)
+    if skipped:
+        print(f"{what}: skipped {len(skipped)} unreadable rows or images (listed above)", file=sys.stderr)
+
+
 def run_export(args: argparse.Namespace) -> int:
     from ..engine.export import export_dataset
+    from ..engine.store import SOURCES
 
-    sources = tuple(s.strip() for s in args.sources.split(",")) if args.sources else None
-    counts = export_dataset(_store(args.db), args.out, sources=sources, copy_images=not args.no_copy_images)
+    sources = tuple(s.strip() for s in args.sources.split(",") if s.strip()) if args.sources else None
+    if sources is not None:
+        unknown = sorted(set(sources) - set(SOURCES))
+        if unknown or not sources:
+            raise ValueError(f"--sources must be a comma-separated subset of {','.join(SOURCES)}, got {args.sources!r}")
+    store = _store(args.db)
+    skipped: list[dict] = []
+    try:
+        counts = export_dataset(store, args.out, sources=sources, copy_images=not args.no_copy_images,
+                                skipped=skipped)
+    except OSError as exc:
+        raise ValueError(f"--out {args.out}: cannot write the export ({exc.strerror or exc})") from None
+    _report_skipped("export", [
+        (f"mask {s['mask_id']}" if "mask_id" in s else f"image {s['image_id']}") + f": {s['reason']}" for s in skipped
+    ])
     print(f"wrote {counts['masks']} masks on {counts['images']} images: {args.out}/sa1b (SA-1B, for segany train) "
           f"and {args.out}/coco.json")
     return 0
@@ -57,7 +89,9 @@ def run_report(args: argparse.Namespace) -> int:
     from ..engine.report import engine_statistics, format_table, plot_statistics
 
     store = _store(args.db)
-    rows = engine_statistics(store)
+    skipped: list[tuple[int, str]] = []
+    rows = engine_statistics(store, skipped=skipped)
+    _report_skipped("report", [f"mask {mid}: {reason}" for mid, reason in skipped])
     if args.json:
         print(json.dumps({"images_in_store": len(store.images()), "groups": rows}, indent=2))
     else:
@@ -71,18 +105,32 @@ def run_prefill(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..engine.prefill import make_generator, prefill_image
-    from ..engine.server import model_version_of
+    from ..engine.server import DEFAULT_MAX_PIXELS, model_placement, model_version_of
+    from ..image_io import ImageError
 
+    if args.max_pixels is None:
+        args.max_pixels = DEFAULT_MAX_PIXELS
+    if args.max_pixels <= 0:
+        raise ValueError(f"--max-pixels must be positive, got {args.max_pixels}")
     store = _store(args.db)
-    args.device = "cpu"
+    # The model runs where --device (and --dtype, where the shared options have it) put it.
     model = load_model_from_args(args)
     generator = make_generator(model)
     version = model_version_of(model)
+    print(f"pre-filling on {model_placement(model)}", file=sys.stderr)
     total = 0
+    skipped: list[str] = []
     for image in tqdm(store.images(), desc="pre-filling", unit="image"):
-        total += len(
-            prefill_image(store, image, image.path, model, annotator=args.annotator, model_version=version,
-                          generator=generator)
-        )
+        if image.width * image.height > args.max_pixels:
+            skipped.append(f"image {image.id}: {image.width}x{image.height} pixels, above --max-pixels {args.max_pixels}")
+            continue
+        try:
+            total += len(
+                prefill_image(store, image, image.path, model, annotator=args.annotator, model_version=version,
+                              generator=generator, max_pixels=args.max_pixels)
+            )
+        except ImageError as exc:  # a file gone or corrupt: the other images still get their masks
+            skipped.append(f"image {image.id}: {exc}")
+    _report_skipped("prefill", skipped)
     print(f"pre-filled {total} masks")
     return 0

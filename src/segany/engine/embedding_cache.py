@@ -27,10 +27,17 @@ log = logging.getLogger(__name__)
 
 
 class EmbeddingCache:
-    """Thread-safe, disk-backed image embeddings for one model."""
+    """Thread-safe, disk-backed image embeddings for one model.
 
-    def __init__(self, model: Sam, cache_dir: str | Path) -> None:
+    The model stays on whatever device (and dtype) it was given: the predictor runs there
+    and only the finished embedding is copied to the CPU for the file and the page.
+    ``max_pixels`` (default: the cap of :func:`segany.image_io.load_image`) refuses images whose
+    header announces more pixels before they are decoded.
+    """
+
+    def __init__(self, model: Sam, cache_dir: str | Path, max_pixels: int | None = None) -> None:
         self.model = model
+        self.max_pixels = max_pixels
         self.fingerprint = encoder_fingerprint(model)
         self.dir = Path(cache_dir) / f"embeddings-{self.fingerprint}"
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -69,7 +76,7 @@ class EmbeddingCache:
                 except ValueError:
                     log.warning("discarding unreadable embedding cache file %s", cache)
                     cache.unlink(missing_ok=True)
-            image = load_image(image_path)
+            image = load_image(image_path) if self.max_pixels is None else load_image(image_path, self.max_pixels)
             with self._model_lock, torch.inference_mode():
                 self._predictor.set_image(image)
                 features = self._predictor.features.detach().cpu()

@@ -8,7 +8,13 @@ RLE), bbox (XYWH), area, predicted_iou, stability_score, point_coords, crop_box}
 is what the paper's retraining consumed, so ``segany train`` reads ``OUT/sa1b`` directly.
 ``point_coords`` holds the mask's innermost pixel (largest distance to the boundary), a
 point inside the mask as SA-1B records carry one. ``coco.json`` holds the same masks as class-agnostic COCO instances (category 1,
-"object") for tools that read COCO. Every file is written to a temp name and renamed.
+"object") for tools that read COCO.
+
+Nothing partial is left behind: the whole export is written into a hidden staging folder
+inside ``OUT`` and moved into place (``sa1b`` and ``coco.json``, each by one rename) only
+once every file is complete, so a failure leaves the previous export (or nothing) as it
+was. A mask row that cannot be read (a malformed RLE stored by an older version) or an
+image whose file is gone is skipped and reported instead of failing the whole export.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +34,12 @@ from .store import Store
 
 def _write_json(path: Path, data: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(data, f)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _inner_point(rle: dict[str, Any]) -> list[float]:
@@ -53,6 +63,7 @@ def export_dataset(
     sources: tuple[str, ...] | None = None,
     copy_images: bool = True,
     include_empty: bool = False,
+    skipped: list[dict[str, Any]] | None = None,
 ) -> dict[str, int]:
     """Write ``out_dir/sa1b/sa_<id>.{jpg|png,json}`` per annotated image plus ``out_dir/coco.json``.
 
@@ -61,15 +72,19 @@ def export_dataset(
         copy_images: copy each image beside its JSON (SA-1B layout); otherwise
             ``file_name`` is the absolute source path.
         include_empty: also write images that have no masks.
-    Returns counts: images, masks.
+        skipped: if given, receives one ``{"mask_id" | "image_id", "reason"}`` dict per mask
+            row or image left out because it could not be read.
+    Returns counts: images, masks (what was written; ``skipped`` lists what was not).
     """
     root = Path(out_dir)
-    out = root / "sa1b"
-    out.mkdir(parents=True, exist_ok=True)
+    root.mkdir(parents=True, exist_ok=True)
+    bad: list[dict[str, Any]] = []
+    bad_rows: list[tuple[int, str]] = []
     masks_by_image: dict[int, list] = {}
-    for m in store.masks():
+    for m in store.masks(skipped=bad_rows):
         if sources is None or m.source in sources:
             masks_by_image.setdefault(m.image_id, []).append(m)
+    bad.extend({"mask_id": mid, "reason": reason} for mid, reason in bad_rows)
     coco: dict[str, Any] = {
         "info": {"description": "segany data engine export"},
         "images": [],
@@ -77,54 +92,83 @@ def export_dataset(
         "categories": [{"id": 1, "name": "object", "supercategory": "object"}],
     }
     n_images = n_masks = 0
-    for image in tqdm(store.images(), desc="exporting", unit="image"):
-        rows = masks_by_image.get(image.id, [])
-        if not rows and not include_empty:
-            continue
-        src = Path(image.path)
-        stem = f"sa_{image.id}"
-        if copy_images:
-            file_name = stem + src.suffix.lower()
-            tmp = out / (file_name + ".tmp")
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, out / file_name)
-        else:
-            file_name = str(src)
-        annotations = []
-        for m in rows:
-            ann = {
-                "id": m.id,
-                "segmentation": {"size": [int(v) for v in m.rle["size"]], "counts": m.rle["counts"]},
-                "bbox": [float(v) for v in m.bbox],
-                "area": int(m.area),
-                "predicted_iou": float(m.score) if m.score is not None else 1.0,
-                "stability_score": 1.0,
-                "point_coords": [_inner_point(m.rle)],
-                "crop_box": [0.0, 0.0, float(image.width), float(image.height)],
-                "source": m.source,
-                "annotator": m.annotator,
-                "model_version": m.model_version,
-                "seconds": m.seconds,
-            }
-            annotations.append(ann)
-            coco["annotations"].append(
-                {
+    staging = Path(tempfile.mkdtemp(prefix=".segany-export-", dir=root))
+    try:
+        out = staging / "sa1b"
+        out.mkdir()
+        for image in tqdm(store.images(), desc="exporting", unit="image"):
+            rows = masks_by_image.get(image.id, [])
+            if not rows and not include_empty:
+                continue
+            src = Path(image.path)
+            stem = f"sa_{image.id}"
+            if copy_images:
+                file_name = stem + src.suffix.lower()
+                try:
+                    shutil.copyfile(src, out / file_name)
+                except OSError as exc:
+                    bad.append({"image_id": image.id, "reason": f"cannot copy {src.name}: {exc.strerror or exc}"})
+                    continue
+            else:
+                file_name = str(src)
+            annotations = []
+            for m in rows:
+                ann = {
                     "id": m.id,
-                    "image_id": image.id,
-                    "category_id": 1,
-                    "segmentation": ann["segmentation"],
-                    "area": ann["area"],
-                    "bbox": ann["bbox"],
-                    "iscrowd": 0,
+                    "segmentation": {"size": [int(v) for v in m.rle["size"]], "counts": m.rle["counts"]},
+                    "bbox": [float(v) for v in m.bbox],
+                    "area": int(m.area),
+                    "predicted_iou": float(m.score) if m.score is not None else 1.0,
+                    "stability_score": 1.0,
+                    "point_coords": [_inner_point(m.rle)],
+                    "crop_box": [0.0, 0.0, float(image.width), float(image.height)],
+                    "source": m.source,
+                    "annotator": m.annotator,
+                    "model_version": m.model_version,
+                    "seconds": m.seconds,
                 }
+                annotations.append(ann)
+                coco["annotations"].append(
+                    {
+                        "id": m.id,
+                        "image_id": image.id,
+                        "category_id": 1,
+                        "segmentation": ann["segmentation"],
+                        "area": ann["area"],
+                        "bbox": ann["bbox"],
+                        "iscrowd": 0,
+                    }
+                )
+            record = {
+                "image": {"image_id": image.id, "width": image.width, "height": image.height, "file_name": file_name},
+                "annotations": annotations,
+            }
+            _write_json(out / f"{stem}.json", record)
+            coco["images"].append(
+                {"id": image.id, "width": image.width, "height": image.height, "file_name": file_name}
             )
-        record = {
-            "image": {"image_id": image.id, "width": image.width, "height": image.height, "file_name": file_name},
-            "annotations": annotations,
-        }
-        _write_json(out / f"{stem}.json", record)
-        coco["images"].append({"id": image.id, "width": image.width, "height": image.height, "file_name": file_name})
-        n_images += 1
-        n_masks += len(annotations)
-    _write_json(root / "coco.json", coco)
+            n_images += 1
+            n_masks += len(annotations)
+        _write_json(staging / "coco.json", coco)
+        _swap_into_place(staging, root)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if skipped is not None:
+        skipped.extend(bad)
     return {"images": n_images, "masks": n_masks}
+
+
+def _swap_into_place(staging: Path, root: Path) -> None:
+    """Move the finished ``sa1b`` folder and ``coco.json`` from ``staging`` into ``root``.
+
+    Each move is one rename on the same file system; a previous export's folder is moved
+    aside into the staging folder first (removed with it), so readers see either the old
+    complete export or the new complete one.
+    """
+    final = root / "sa1b"
+    if final.is_dir() and not final.is_symlink():
+        os.replace(final, staging / "sa1b.previous")
+    elif final.exists() or final.is_symlink():
+        final.unlink()
+    os.replace(staging / "sa1b", final)
+    os.replace(staging / "coco.json", root / "coco.json")

@@ -50,16 +50,20 @@ def prefill_image(
     model_version: str,
     generator: Any = None,
     source: str = "prefilled",
+    max_pixels: int | None = None,
 ) -> list[int]:
     """Run the generator on one image and store its masks; returns the new mask ids.
 
     Masks already prefilled for this image are not added twice (the stage is idempotent).
+    The generator runs on the model's own device. ``max_pixels`` refuses (``ImageError``)
+    an image whose header announces more pixels, before decoding it.
     """
     existing = [m for m in store.masks(image.id) if m.source == source]
     if existing:
         return []
     generator = generator or make_generator(model)
-    records = generator.generate(load_image(path))
+    image_array = load_image(path) if max_pixels is None else load_image(path, max_pixels)
+    records = generator.generate(image_array)
     ids = []
     for rec in records:
         seg = rec["segmentation"]

@@ -19,10 +19,14 @@ import numpy as np
 from .store import Store
 
 
-def engine_statistics(store: Store) -> list[dict[str, Any]]:
-    """One row per (source, model_version): images, masks, masks/image, seconds/mask."""
+def engine_statistics(store: Store, skipped: list[tuple[int, str]] | None = None) -> list[dict[str, Any]]:
+    """One row per (source, model_version): images, masks, masks/image, seconds/mask.
+
+    Unreadable mask rows (see :meth:`Store.masks`) are left out; pass ``skipped`` to get
+    them as ``(mask_id, reason)`` so the caller can say so.
+    """
     groups: dict[tuple[str, str], list] = defaultdict(list)
-    for m in store.masks():
+    for m in store.masks(skipped=skipped):
         groups[(m.source, m.model_version)].append(m)
     rows = []
     for (source, version), masks in sorted(groups.items()):

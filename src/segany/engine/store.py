@@ -15,6 +15,9 @@ retried after a lost reply returns the first row instead of duplicating the mask
 from __future__ import annotations
 
 import json
+import logging
+import math
+import numbers
 import sqlite3
 import threading
 import time
@@ -24,7 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+log = logging.getLogger(__name__)
+
 SOURCES = ("manual", "prefilled", "automatic")
+MAX_ID = 2**63 - 1  # SQLite and PostgreSQL BIGINT: larger ids cannot exist (and overflow the drivers)
+MAX_CLIENT_ID = 200
 
 _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS images (
@@ -108,26 +115,39 @@ class Store:
         self.url = str(url)
         self.is_postgres = self.url.startswith(("postgresql://", "postgres://"))
         self._lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = None
         if self.is_postgres:
             try:
                 import psycopg  # noqa: F401
             except ImportError as exc:
                 raise RuntimeError("a postgresql:// store needs psycopg (pip install 'psycopg[binary]')") from exc
             self._pk = "SERIAL PRIMARY KEY"
-            self._conn = None
         else:
             path = Path(self.url)
             if path.parent and not path.parent.exists():
                 raise StoreError(f"database folder does not exist: {path.parent}")
+            if path.is_dir():
+                raise StoreError(f"--db {self.url} is a folder, not a database file")
             self._pk = "INTEGER PRIMARY KEY AUTOINCREMENT"
-            self._conn = sqlite3.connect(self.url, timeout=30.0, isolation_level=None, check_same_thread=False)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")  # acknowledged = on disk
-            self._conn.execute("PRAGMA foreign_keys=ON")
-            self._conn.execute("PRAGMA busy_timeout=30000")
-        with self._transaction() as cur:
-            for stmt in _SCHEMA:
-                cur.execute(stmt.format(pk=self._pk))
+        try:
+            if not self.is_postgres:
+                self._conn = sqlite3.connect(self.url, timeout=30.0, isolation_level=None, check_same_thread=False)
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.execute("PRAGMA synchronous=FULL")  # acknowledged = on disk
+                self._conn.execute("PRAGMA foreign_keys=ON")
+                self._conn.execute("PRAGMA busy_timeout=30000")
+            with self._transaction() as cur:
+                for stmt in _SCHEMA:
+                    cur.execute(stmt.format(pk=self._pk))
+        except sqlite3.Error as exc:
+            self.close()
+            raise StoreError(_sqlite_open_error(self.url, exc)) from None
+        except Exception as exc:
+            if not self.is_postgres or not _is_psycopg_error(exc):
+                raise
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            # The URL may hold a password: name the server's complaint, not the URL.
+            raise StoreError(f"cannot open the PostgreSQL annotation database: {first}") from None
 
     # ------------------------------------------------------------------ plumbing
 
@@ -164,13 +184,23 @@ class Store:
                 self._conn.close()
                 self._conn = None
 
+    @staticmethod
+    def _check_id(value: int, name: str) -> int:
+        """Ids beyond BIGINT cannot be stored; refusing them here keeps the drivers from
+        raising OverflowError (a server error) on a client's typo."""
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not (1 <= value <= MAX_ID):
+            raise StoreError(f"{name} must be an integer between 1 and 2**63 - 1, got {value!r}")
+        return int(value)
+
     # ------------------------------------------------------------------ images
 
     def add_image(self, path: str | Path, width: int, height: int) -> int:
         """Register an image (idempotent on its resolved path); returns its id."""
         key = str(Path(path).resolve())
-        if width <= 0 or height <= 0:
-            raise StoreError(f"image size must be positive, got {width}x{height}")
+        if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in (width, height)):
+            raise StoreError(f"image size must be integers, got {width!r}x{height!r}")
+        if not (0 < width < 2**31 and 0 < height < 2**31):
+            raise StoreError(f"image size must be positive (and below 2**31), got {width}x{height}")
         with self._transaction() as cur:
             cur.execute("SELECT id FROM images WHERE path = ?", (key,))
             row = cur.fetchone()
@@ -188,6 +218,7 @@ class Store:
             return [ImageRow(int(r[0]), r[1], int(r[2]), int(r[3])) for r in cur.fetchall()]
 
     def image(self, image_id: int) -> ImageRow:
+        self._check_id(image_id, "image id")
         with self._transaction() as cur:
             cur.execute("SELECT id, path, width, height FROM images WHERE id = ?", (int(image_id),))
             r = cur.fetchone()
@@ -215,14 +246,26 @@ class Store:
         ``replaces`` deletes an earlier mask of the same image in the same transaction (an
         edited pre-filled mask). With ``client_id``, a repeated save returns the first id.
         """
-        from ..masks import area_from_rle
+        from ..masks import area_from_rle, validate_rle
 
+        self._check_id(image_id, "image id")
+        if replaces is not None:
+            self._check_id(replaces, "replaces")
         if source not in SOURCES:
             raise StoreError(f"source must be one of {SOURCES}, got {source!r}")
-        if not isinstance(rle, dict) or not isinstance(rle.get("counts"), str) or len(rle.get("size", ())) != 2:
-            raise StoreError("rle must be a COCO RLE {'size': [h, w], 'counts': str}")
-        if not (seconds >= 0.0) or seconds > 1e7:
-            raise StoreError(f"seconds must be a non-negative duration, got {seconds}")
+        try:
+            # Everything that reads masks later trusts the RLE: check it completely first.
+            rle = validate_rle(rle)
+        except ValueError as exc:
+            raise StoreError(str(exc)) from None
+        if isinstance(seconds, bool) or not isinstance(seconds, numbers.Real) or not (0.0 <= seconds <= 1e7):
+            raise StoreError(f"seconds must be a non-negative duration (at most 1e7), got {seconds}")
+        if score is not None and (
+            isinstance(score, bool) or not isinstance(score, numbers.Real) or not math.isfinite(score)
+        ):
+            raise StoreError(f"score must be a finite number or null, got {score}")
+        if client_id is not None and (not isinstance(client_id, str) or not 0 < len(client_id) <= MAX_CLIENT_ID):
+            raise StoreError(f"client_id must be a non-empty string of at most {MAX_CLIENT_ID} characters")
         area = int(area_from_rle(rle))
         bbox = _rle_bbox(rle)
         now = time.time()
@@ -239,6 +282,10 @@ class Store:
             if [int(img[1]), int(img[0])] != [int(v) for v in rle["size"]]:
                 raise StoreError(f"mask size {rle['size']} does not match the image's {[img[1], img[0]]} (h, w)")
             if replaces is not None:
+                cur.execute("SELECT image_id FROM masks WHERE id = ?", (int(replaces),))
+                old = cur.fetchone()
+                if old is None or int(old[0]) != int(image_id):
+                    raise StoreError(f"replaces: no mask {replaces} on image {image_id}")
                 cur.execute(
                     "UPDATE masks SET deleted_at = ? WHERE id = ? AND image_id = ? AND deleted_at IS NULL",
                     (now, int(replaces), int(image_id)),
@@ -265,33 +312,71 @@ class Store:
 
     def delete_mask(self, mask_id: int) -> bool:
         """Mark a mask deleted (kept for the statistics); False if there was none."""
+        self._check_id(mask_id, "mask id")
         with self._transaction() as cur:
             cur.execute("UPDATE masks SET deleted_at = ? WHERE id = ? AND deleted_at IS NULL", (time.time(), int(mask_id)))
             return cur.rowcount > 0
 
-    def masks(self, image_id: int | None = None, include_deleted: bool = False) -> list[MaskRow]:
+    def masks(
+        self,
+        image_id: int | None = None,
+        include_deleted: bool = False,
+        *,
+        skipped: list[tuple[int, str]] | None = None,
+    ) -> list[MaskRow]:
+        """Stored masks, oldest first; rows that cannot be read are skipped, not raised.
+
+        Why skip: a database written by an older version may hold a row with a malformed
+        RLE (accepted before saves were validated). Raising would break every reader of
+        the image (the page's mask list, export, report) for one bad row, so each row is
+        checked against its image's size; a bad one is logged and, when ``skipped`` is
+        given, appended to it as ``(mask_id, reason)``.
+        """
+        from ..masks import validate_rle
+
         query = (
-            "SELECT id, image_id, rle, area, bbox, source, annotator, model_version, seconds, score, created_at,"
-            " client_id FROM masks"
+            "SELECT m.id, m.image_id, m.rle, m.area, m.bbox, m.source, m.annotator, m.model_version, m.seconds,"
+            " m.score, m.created_at, m.client_id, i.height, i.width FROM masks m LEFT JOIN images i ON i.id = m.image_id"
         )
         where, args = [], []
         if image_id is not None:
-            where.append("image_id = ?")
-            args.append(int(image_id))
+            where.append("m.image_id = ?")
+            args.append(self._check_id(image_id, "image id"))
         if not include_deleted:
-            where.append("deleted_at IS NULL")
+            where.append("m.deleted_at IS NULL")
         if where:
             query += " WHERE " + " AND ".join(where)
         with self._transaction() as cur:
-            cur.execute(query + " ORDER BY id", tuple(args))
+            cur.execute(query + " ORDER BY m.id", tuple(args))
             rows = cur.fetchall()
-        return [
-            MaskRow(
-                int(r[0]), int(r[1]), json.loads(r[2]), int(r[3]), json.loads(r[4]), r[5], r[6], r[7],
-                float(r[8]), None if r[9] is None else float(r[9]), float(r[10]), r[11],
-            )
-            for r in rows
-        ]
+        out = []
+        for r in rows:
+            try:
+                if r[12] is None:
+                    raise ValueError(f"its image {r[1]} is not in the store")
+                rle = validate_rle(json.loads(r[2]), (int(r[12]), int(r[13])))
+                bbox = [float(v) for v in json.loads(r[4])]
+                if len(bbox) != 4:
+                    raise ValueError("bbox is not 4 numbers")
+                score = None if r[9] is None else float(r[9])
+                row = MaskRow(
+                    int(r[0]), int(r[1]), rle, int(r[3]), bbox, str(r[5]), str(r[6]), str(r[7]),
+                    float(r[8]), score if score is None or math.isfinite(score) else None, float(r[10]), r[11],
+                )
+            except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                log.warning("skipping unreadable mask %s of image %s: %s", r[0], r[1], reason)
+                if skipped is not None:
+                    skipped.append((int(r[0]), reason))
+                continue
+            out.append(row)
+        return out
+
+    def mask_counts(self) -> dict[int, int]:
+        """{image_id: number of live masks}, counted by the database (cheap for the image list)."""
+        with self._transaction() as cur:
+            cur.execute("SELECT image_id, COUNT(*) FROM masks WHERE deleted_at IS NULL GROUP BY image_id")
+            return {int(r[0]): int(r[1]) for r in cur.fetchall()}
 
     def count_masks(self) -> int:
         with self._transaction() as cur:
@@ -325,6 +410,27 @@ def _rle_bbox(rle: dict[str, Any]) -> list[float]:
 
     coco = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
     return [float(v) for v in mask_utils.toBbox(coco)]
+
+
+def _sqlite_open_error(url: str, exc: Exception) -> str:
+    """One line saying why an SQLite database could not be opened, and what to do."""
+    text = str(exc)
+    if "not a database" in text or "malformed" in text:
+        return f"--db {url} is not an SQLite database ({text}); give a new file name or an existing segany database"
+    if "readonly" in text or "unable to open" in text or "disk I/O" in text:
+        return (
+            f"cannot open the annotation database {url} for writing ({text}): the file and its folder must be "
+            "writable (SQLite keeps -wal and -shm files beside it)"
+        )
+    return f"cannot open the annotation database {url}: {text}"
+
+
+def _is_psycopg_error(exc: Exception) -> bool:
+    try:
+        import psycopg
+    except ImportError:
+        return False
+    return isinstance(exc, psycopg.Error)
 
 
 def open_store(url: str | Path) -> Store:
