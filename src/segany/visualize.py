@@ -45,16 +45,17 @@ def _erode(m: np.ndarray) -> np.ndarray:
     return e
 
 
-def save_overlay(
+def render_overlay(
     image: np.ndarray,
     masks: np.ndarray | list[np.ndarray],
-    path: str | os.PathLike,
     points: np.ndarray | None = None,
     labels: np.ndarray | None = None,
     box: np.ndarray | None = None,
-) -> None:
-    """Write image + masks + prompts (green = foreground point, red = background, box in
-    yellow) as a PNG, atomically."""
+) -> Image.Image:
+    """Image + masks + prompts (green = foreground point, red = background, box in yellow).
+
+    Separate from :func:`save_overlay` so a caller can render first and write the overlay
+    together with its masks (all files or none, see ``predict``)."""
     canvas = Image.fromarray(overlay_masks(image, masks))
     draw = ImageDraw.Draw(canvas)
     r = max(3, round(max(image.shape[:2]) / 150))
@@ -67,7 +68,19 @@ def save_overlay(
     if box is not None:
         x0, y0, x1, y1 = [float(v) for v in np.asarray(box).reshape(-1)[:4]]
         draw.rectangle([x0, y0, x1, y1], outline=(255, 230, 0), width=max(2, r // 2))
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    canvas.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    return canvas
+
+
+def save_overlay(
+    image: np.ndarray,
+    masks: np.ndarray | list[np.ndarray],
+    path: str | os.PathLike,
+    points: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
+    box: np.ndarray | None = None,
+) -> None:
+    """Write :func:`render_overlay` as a PNG, atomically (temp file, then rename)."""
+    from .automatic.outputs import atomic_write
+
+    canvas = render_overlay(image, masks, points=points, labels=labels, box=box)
+    atomic_write(Path(path), lambda tmp: canvas.save(tmp, format="PNG"))

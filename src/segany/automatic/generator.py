@@ -20,6 +20,8 @@ the speed comes from, while every kept mask is computed exactly as the reference
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -160,6 +162,18 @@ class SamAutomaticMaskGenerator:
             if len(point_grids) < crop_n_layers + 1:
                 raise ValueError(f"point_grids has {len(point_grids)} grids; crop_n_layers={crop_n_layers} needs {crop_n_layers + 1}")
             self.point_grids = [np.asarray(g, dtype=np.float64).reshape(-1, 2) for g in point_grids]
+        for name, value in (
+            ("pred_iou_thresh", pred_iou_thresh),
+            ("stability_score_thresh", stability_score_thresh),
+            ("stability_score_offset", stability_score_offset),
+            ("box_nms_thresh", box_nms_thresh),
+            ("crop_nms_thresh", crop_nms_thresh),
+            ("crop_overlap_ratio", crop_overlap_ratio),
+        ):
+            # NaN compares false with everything: it would silently drop every mask (or turn a
+            # filter off through the "> 0.0" shortcuts), so it is refused like a wrong type
+            if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
         if max_mask_fraction is not None and not 0 < max_mask_fraction <= 1:
             raise ValueError(f"max_mask_fraction must be in (0, 1], got {max_mask_fraction}")
         if max_masks is not None and max_masks < 1:

@@ -3,14 +3,18 @@
     segany auto photos/ more/*.jpg --out masks/ --preset data-engine --overlay
 
 One SA-1B JSON per image by default (``--format coco`` or ``png`` for the others); images
-already finished in ``--out`` are skipped, unreadable ones are listed at the end and make
-the exit status 1.
+already finished in ``--out`` by the same model with the same settings are skipped; outputs
+of other settings stop the run before any work (use a new ``--out``, or ``--overwrite`` to
+recompute them); unreadable images are listed at the end and make the exit status 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+from pathlib import Path
+from typing import Any
 
 from ..automatic.outputs import FORMATS
 from ..automatic.presets import PRESETS, preset
@@ -34,6 +38,28 @@ KNOBS: list[tuple[str, type, str]] = [
 ]
 
 
+# Accepted range of every numeric knob: (low, high, low_open, high_open); None = unbounded.
+# Why caps on the sizes: cost grows with points_per_side^2 per crop and with 4^crop_n_layers
+# crops (layer 5 alone is 1024 crops), so a typo would run for days or exhaust memory; the
+# paper's settings (32 points, 2 crop layers, 64 points for proposals) are far inside them.
+LIMITS: dict[str, tuple[float | None, float | None, bool, bool]] = {
+    "points_per_side": (1, 128, False, False),
+    "points_per_batch": (1, 1024, False, False),
+    "pred_iou_thresh": (None, 1.0, False, False),  # <= 0 turns the filter off
+    "stability_score_thresh": (0.0, 1.0, False, False),
+    "stability_score_offset": (0.0, 1000.0, True, False),
+    "box_nms_thresh": (0.0, 1.0, False, False),
+    "crop_n_layers": (0, 4, False, False),
+    "crop_nms_thresh": (0.0, 1.0, False, False),
+    "crop_overlap_ratio": (0.0, 1.0, False, True),
+    "crop_n_points_downscale_factor": (1, 128, False, False),
+    "min_mask_region_area": (0, 10**9, False, False),
+    "max_mask_fraction": (0.0, 1.0, True, False),
+    "max_masks": (1, 10**6, False, False),
+}
+MAX_THREADS = 1024
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "auto",
@@ -42,10 +68,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (recursive) or glob patterns")
-    p.add_argument("--out", required=True, help="output folder (created; finished images in it are skipped)")
+    p.add_argument("--out", required=True, help="output folder (created; images finished in it with the same "
+                   "model and settings are skipped)")
     p.add_argument("--format", choices=FORMATS, default="sa1b", help="sa1b JSON, coco JSON, or 16-bit label png")
     p.add_argument("--preset", choices=sorted(PRESETS), default="default", help="paper settings (docs/automatic.md)")
     p.add_argument("--overlay", action="store_true", help="also write <name>.overlay.png with every mask coloured")
+    p.add_argument("--overwrite", action="store_true",
+                   help="recompute images whose outputs in --out were made with other settings or another model "
+                   "(default: refuse to mix them)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     for name, typ, text in KNOBS:
@@ -60,21 +90,59 @@ def generator_kwargs(args: argparse.Namespace) -> dict:
     return preset(args.preset, **overrides)
 
 
+def validate_knobs(kwargs: dict[str, Any]) -> None:
+    """Refuse a NaN, infinite or out-of-range value of any numeric knob, naming the flag.
+
+    Why: NaN compares false with everything, so ``--pred-iou-thresh nan`` silently drops every
+    mask (or, through ``> 0.0`` checks, silently turns a filter off); huge sizes run forever."""
+    for name, value in kwargs.items():
+        if name not in LIMITS or value is None:
+            continue
+        flag = "--" + name.replace("_", "-")
+        lo, hi, lo_open, hi_open = LIMITS[name]
+        if not math.isfinite(float(value)):
+            raise ValueError(f"{flag} must be a finite number, got {value}")
+        bad_lo = lo is not None and (value <= lo if lo_open else value < lo)
+        bad_hi = hi is not None and (value >= hi if hi_open else value > hi)
+        if bad_lo or bad_hi:
+            left = "" if lo is None else f"{'>' if lo_open else '>='} {lo:g}"
+            right = "" if hi is None else f"{'<' if hi_open else '<='} {hi:g}"
+            raise ValueError(f"{flag} must be {' and '.join(x for x in (left, right) if x)}, got {value:g}")
+
+
+def model_name(args: argparse.Namespace) -> str:
+    """How the run's record names the model (for people; the check uses the weights' hash)."""
+    if args.checkpoint is not None:
+        return Path(args.checkpoint).name
+    return "embedded default"
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..automatic.folder import segment_folder
+    from ..automatic.folder import check_plan, collect_images, segment_folder
     from ..automatic.generator import SamAutomaticMaskGenerator
 
     if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+        if not 1 <= args.threads <= MAX_THREADS:
+            raise ValueError(f"--threads must be between 1 and {MAX_THREADS}, got {args.threads}")
     kwargs = generator_kwargs(args)
+    validate_knobs(kwargs)
+    jobs, _ = collect_images(args.inputs)
+    check_plan(jobs, args.out, args.format, args.overlay)  # before the model is loaded
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     model = load_model_from_args(args)
     generator = SamAutomaticMaskGenerator(model, output_mode="coco_rle", **kwargs)
     summary = segment_folder(
-        generator, args.inputs, args.out, fmt=args.format, save_overlay=args.overlay, progress=not args.no_progress
+        generator,
+        args.inputs,
+        args.out,
+        fmt=args.format,
+        save_overlay=args.overlay,
+        progress=not args.no_progress,
+        overwrite=args.overwrite,
+        model_name=model_name(args),
     )
     for line in summary.lines():
         print(line, file=sys.stderr if line.startswith(("failed", "  ")) else sys.stdout)

@@ -2,21 +2,30 @@
 
 Segments one image from prompts: writes the best mask (or all three with ``--all``) as
 PNG, an overlay PNG showing image, mask(s) and prompts, and prints the scores as JSON.
+
+Outputs are checked before the model runs (an output naming the input image or another
+output, an existing directory or an unwritable folder is refused), and the mask(s) and the
+overlay are written together: all of them get their final names, or none does.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
+import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from .common import add_model_args, load_model_from_args
+
+# Most --point options accepted. Why a cap: the decoder's cost grows with the number of prompt
+# tokens (100,000 points ran past 150 s); a click session never needs more than a few dozen.
+MAX_POINTS = 1024
 
 
 def _parse_point(text: str) -> tuple[float, float, int]:
@@ -47,7 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("image", help="image file (any format Pillow reads)")
     p.add_argument("--point", action="append", type=_parse_point, default=[], metavar="X,Y[,LABEL]",
-                   help="prompt point in pixels; LABEL 1 = foreground (default), 0 = background; repeatable")
+                   help="prompt point in pixels; LABEL 1 = foreground (default), 0 = background; repeatable "
+                   f"(at most {MAX_POINTS})")
     p.add_argument("--box", type=_parse_box, default=None, metavar="X0,Y0,X1,Y1", help="prompt box in pixels")
     p.add_argument("--out", default="mask.png", help="output mask PNG (default: mask.png)")
     p.add_argument("--overlay", default=None, help="overlay PNG path (default: <out>_overlay.png)")
@@ -57,14 +67,63 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from ..image_io import load_image
-    from ..predictor import SamPredictor
-    from ..visualize import save_overlay
+def output_paths(args: argparse.Namespace) -> tuple[list[Path], Path]:
+    """The mask paths (ranked) and the overlay path this run will write."""
+    out = Path(args.out)
+    n_masks = 1 if args.single else 3
+    if args.all:
+        masks = [out.with_name(f"{out.stem}_{rank}{out.suffix or '.png'}") for rank in range(n_masks)]
+    else:
+        masks = [out]
+    overlay = Path(args.overlay) if args.overlay else out.with_name(f"{out.stem}_overlay.png")
+    return masks, overlay
 
+
+def _check_prompts(args: argparse.Namespace) -> None:
+    """Refuse prompts that cannot make sense before the image is read or the model built."""
     if not args.point and args.box is None:
         raise ValueError("give at least one --point X,Y[,LABEL] or a --box X0,Y0,X1,Y1")
+    if len(args.point) > MAX_POINTS:
+        raise ValueError(f"{len(args.point)} --point options; at most {MAX_POINTS} are accepted")
+    for x, y, label in args.point:
+        if not (math.isfinite(x) and math.isfinite(y)):
+            raise ValueError(f"--point {x:g},{y:g} is not a finite coordinate")
+        if label not in (-1, 0, 1):
+            raise ValueError(f"--point label must be 1 (foreground), 0 (background) or -1 (ignored), got {label}")
+    if args.box is not None and not all(math.isfinite(v) for v in args.box):
+        raise ValueError(f"--box {','.join(f'{v:g}' for v in args.box)} has a non-finite coordinate")
+
+
+def _check_prompts_fit(args: argparse.Namespace, width: int, height: int) -> None:
+    """Refuse prompts outside the image, before the model is loaded.
+
+    Why the command line is stricter than the Python API: ``SamPredictor`` encodes such
+    prompts as given (as the official predictor does, with a warning), but on the command line
+    a click outside the picture is a typo or coordinates of another image, and the mask it
+    gives is meaningless."""
+    for x, y, _ in args.point:
+        if not (0 <= x <= width and 0 <= y <= height):
+            raise ValueError(f"--point {x:g},{y:g} is outside the {width}x{height} image")
+    if args.box is not None:
+        x0, y0, x1, y1 = args.box
+        if x1 < x0 or y1 < y0:
+            raise ValueError(f"--box {x0:g},{y0:g},{x1:g},{y1:g} has x1 < x0 or y1 < y0 (expected X0,Y0,X1,Y1)")
+        if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
+            raise ValueError(f"--box {x0:g},{y0:g},{x1:g},{y1:g} extends outside the {width}x{height} image")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..automatic.outputs import check_outputs, write_all_or_nothing
+    from ..image_io import load_image
+    from ..predictor import SamPredictor
+    from ..visualize import render_overlay
+
+    _check_prompts(args)
+    mask_paths, overlay = output_paths(args)
+    outputs = [("--out" if not args.all else f"--out (mask {i})", m) for i, m in enumerate(mask_paths)]
+    check_outputs([*outputs, ("--overlay", overlay)], inputs=[Path(args.image)])
     image = load_image(args.image)
+    _check_prompts_fit(args, width=int(image.shape[1]), height=int(image.shape[0]))
     model = load_model_from_args(args)
     predictor = SamPredictor(model)
     t0 = time.perf_counter()
@@ -79,38 +138,46 @@ def run(args: argparse.Namespace) -> int:
         point_coords=coords, point_labels=labels, box=box, multimask_output=not args.single
     )
     t2 = time.perf_counter()
-    order = np.argsort(-scores)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    written = []
-    if args.all:
-        for rank, i in enumerate(order):
-            path = out.with_name(f"{out.stem}_{rank}{out.suffix or '.png'}")
-            _write_mask(masks[i], path)
-            written.append(str(path))
-    else:
-        _write_mask(masks[order[0]], out)
-        written.append(str(out))
-    overlay = Path(args.overlay) if args.overlay else out.with_name(f"{out.stem}_overlay.png")
-    shown = masks[order] if args.all else masks[order[:1]]
-    save_overlay(image, shown, overlay, points=coords, labels=labels, box=box)
+    scores = np.asarray(scores, dtype=np.float64)
+    # Non-finite scores (a broken checkpoint, an overflow in half precision) must not decide
+    # the order silently: they sort last, and are reported as null below.
+    order = np.argsort(-np.where(np.isfinite(scores), scores, -np.inf), kind="stable")
+    ranked = list(order) if args.all else list(order[:1])
+    shown = masks[ranked]
+    canvas = render_overlay(image, shown, points=coords, labels=labels, box=box)
+    files = [(path, _mask_writer(masks[i])) for path, i in zip(mask_paths, ranked)]
+    files.append((overlay, lambda tmp: canvas.save(tmp, format="PNG")))
+    try:
+        write_all_or_nothing(files)
+    except OSError as exc:
+        where = f" {exc.filename}" if exc.filename else ""
+        raise ValueError(f"cannot write{where}: {exc.strerror or exc}; nothing was written") from None
+    score_list = [float(scores[i]) for i in order]
+    bad = [i for i, v in enumerate(score_list) if not math.isfinite(v)]
+    if bad:
+        print(
+            f"warning: {len(bad)} of {len(score_list)} scores are not finite numbers (reported as null); "
+            "the checkpoint or the --dtype may be broken",
+            file=sys.stderr,
+        )
     result = {
         "image": str(args.image),
         "size": [int(image.shape[1]), int(image.shape[0])],
-        "scores": [float(scores[i]) for i in order],
+        "scores": [v if math.isfinite(v) else None for v in score_list],
         "areas": [int(masks[i].sum()) for i in order],
-        "masks": written,
+        "masks": [str(p) for p in mask_paths],
         "overlay": str(overlay),
         "model_trained": bool(getattr(model, "is_trained", True)),
         "seconds": {"embedding": round(t1 - t0, 3), "decoder": round(t2 - t1, 4)},
     }
-    json.dump(result, sys.stdout, indent=2)
-    print()
+    print(json.dumps(result, indent=2, allow_nan=False))
     return 0
 
 
-def _write_mask(mask: np.ndarray, path: Path) -> None:
-    """0/255 PNG, written to a temp file then renamed."""
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(mask.astype(np.uint8) * 255).save(tmp, format="PNG")
-    os.replace(tmp, path)
+def _mask_writer(mask: np.ndarray) -> Callable[[Path], None]:
+    """A writer of one 0/255 PNG mask, for :func:`write_all_or_nothing`."""
+
+    def write(tmp: Path) -> None:
+        Image.fromarray(np.asarray(mask).astype(np.uint8) * 255).save(tmp, format="PNG")
+
+    return write

@@ -222,6 +222,21 @@ def _static_layernorms(module: nn.Module) -> nn.Module:
     return clone
 
 
+def _cpu_float32(model: Sam) -> Sam:
+    """``model`` itself when it is on the CPU in float32, else a CPU float32 copy (with a
+    warning): ONNX export traces there, and must not move the caller's model off its device
+    or change its dtype behind its back (``model.cpu()`` works in place)."""
+    tensors = list(model.parameters()) + list(model.buffers())
+    if all(t.device.type == "cpu" and (not t.is_floating_point() or t.dtype == torch.float32) for t in tensors):
+        return model.eval()
+    warnings.warn(
+        "ONNX export traces a float32 CPU copy of the model (the exported graph is float32 and "
+        "runs on any device); the model itself is left unchanged",
+        stacklevel=3,
+    )
+    return copy.deepcopy(model).to(device="cpu", dtype=torch.float32).eval()
+
+
 def _atomic_target(path: str | os.PathLike) -> tuple[Path, Path]:
     out = Path(path)
     if out.parent and not out.parent.exists():
@@ -277,11 +292,16 @@ def export_decoder(
     """Write the decoder ONNX file (temp file, then rename); returns its path.
 
     ``quantize`` applies onnxruntime's uint8 dynamic quantisation (weights of MatMul/Gemm
-    layers), roughly quartering the file for the browser at a small accuracy cost.
+    layers only; the convolutions and everything else stay float32), which makes the file
+    about 2.3x smaller (the default model's decoder: 20.6 MB -> 8.9 MB) at a small accuracy
+    cost -- not the 4x that uint8 weights alone would suggest.
+
+    The graph is traced on the CPU in float32 (a copy, when ``model`` is on another device or
+    in another dtype: the caller's model is left where it is).
     """
     out, tmp = _atomic_target(path)
     wrapper = SamOnnxDecoder(
-        model.cpu().eval(),
+        _cpu_float32(model),
         return_single_mask=return_single_mask,
         use_stability_score=use_stability_score,
         return_extra_metrics=return_extra_metrics,
@@ -309,9 +329,11 @@ def export_encoder(
     quantize: bool = False,
     opset: int = DEFAULT_OPSET,
 ) -> Path:
-    """Write the image-encoder ONNX file (temp file, then rename); returns its path."""
+    """Write the image-encoder ONNX file (temp file, then rename); returns its path.
+
+    Traced on the CPU in float32, like :func:`export_decoder`."""
     out, tmp = _atomic_target(path)
-    wrapper = SamOnnxEncoder(model.cpu().eval(), with_preprocess=with_preprocess).eval()
+    wrapper = SamOnnxEncoder(_cpu_float32(model), with_preprocess=with_preprocess).eval()
     size = int(model.img_size)
     if with_preprocess:
         example = torch.randint(0, 256, (size * 3 // 4, size, 3), dtype=torch.uint8)
