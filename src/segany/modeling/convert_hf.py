@@ -38,8 +38,12 @@ _OFFICIAL_TO_HF = (
 )
 _HYPER = re.compile(r".*output_hypernetworks_mlps\.(\d+)\.layers\.(\d+).*")
 _HYPER_LAYER = {0: "proj_in", 1: "layers.0", 2: "proj_out"}
-# keys that exist only in the HF model (tied copies of ours)
-_HF_ONLY = ("shared_image_embedding.positional_embedding",)
+# The prompt encoder's Fourier matrix lives in HF's SamModel under two tied names: the
+# model's ``shared_image_embedding`` and the prompt encoder's reference to the same module.
+# ``save_pretrained`` keeps one name of a tied pair, and the files on the Hub (and any
+# re-saved model) hold only the top-level one, so either is accepted.
+_GAUSSIAN_ALIAS = "prompt_encoder.shared_embedding.positional_embedding"
+_GAUSSIAN_SHARED = "shared_image_embedding.positional_embedding"
 
 
 def official_to_hf_key(key: str) -> str:
@@ -70,16 +74,29 @@ def is_hf_layout(state: dict[str, torch.Tensor]) -> bool:
 
 
 def convert_hf_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """HF ``SamModel`` state dict -> official layout (same tensors, renamed)."""
+    """HF ``SamModel`` state dict -> official layout (same tensors, renamed).
+
+    The positional Fourier matrix may come under either of its tied HF names (see
+    ``_GAUSSIAN_ALIAS``); when both are present they must agree.
+    """
     depth = 1 + max(
         (int(k.split(".")[2]) for k in state if k.startswith("vision_encoder.layers.")), default=-1
     )
     inverse = {official_to_hf_key(k): k for k in _official_keys(depth)}
+    state = dict(state)
+    shared = state.pop(_GAUSSIAN_SHARED, None)
+    if shared is not None:
+        alias = state.setdefault(_GAUSSIAN_ALIAS, shared)
+        if alias.shape != shared.shape or not torch.equal(alias, shared.to(alias.dtype)):
+            from .registry import CheckpointError
+
+            raise CheckpointError(
+                f"Hugging Face state dict has different tensors under the tied names {_GAUSSIAN_SHARED!r} "
+                f"and {_GAUSSIAN_ALIAS!r}: the file is inconsistent"
+            )
     out: dict[str, torch.Tensor] = {}
     unknown = []
     for k, v in state.items():
-        if k in _HF_ONLY:
-            continue
         if k in inverse:
             out[inverse[k]] = v
         else:

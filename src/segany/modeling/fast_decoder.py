@@ -46,6 +46,8 @@ def build_image_cache(decoder: MaskDecoder, src: torch.Tensor, image_pe: torch.T
         image_pe: 1xCxHxW positional encoding.
     """
     transformer: TwoWayTransformer = decoder.transformer  # type: ignore[assignment]
+    dtype = decoder.iou_token.weight.dtype  # the decoder's precision (no-op casts for float32)
+    src, image_pe = src.to(dtype), image_pe.to(dtype)
     keys = src.flatten(2).transpose(1, 2).contiguous()
     key_pe = image_pe.flatten(2).transpose(1, 2).contiguous()
     cache = transformer.image_projections(src, image_pe)

@@ -103,6 +103,12 @@ class MaskDecoder(nn.Module):
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         output_tokens = output_tokens.unsqueeze(0).expand(b, -1, -1)
         tokens = torch.cat((output_tokens, sparse_prompt_embeddings.to(output_tokens.dtype)), dim=1)
+        # Every input in the decoder's dtype (no-ops for float32): an encoder or embedding
+        # file in another precision must not turn the sums below into mixed-dtype matmuls.
+        dtype = output_tokens.dtype
+        image_embeddings = image_embeddings.to(dtype)
+        image_pe = image_pe.to(dtype)
+        dense_prompt_embeddings = dense_prompt_embeddings.to(dtype)
 
         if image_embeddings.shape[0] not in (1, b):
             raise ValueError(

@@ -30,11 +30,18 @@ class PositionEmbeddingRandom(nn.Module):
         self.register_buffer("positional_encoding_gaussian_matrix", scale * torch.randn((2, num_pos_feats)))
 
     def _pe_encoding(self, coords: torch.Tensor) -> torch.Tensor:
-        """Encode coordinates normalised to [0, 1] (last dim = (x, y))."""
+        """Encode coordinates normalised to [0, 1] (last dim = (x, y)).
+
+        Computed in float32 whatever the module's dtype, and returned in the buffer's dtype:
+        the sin/cos arguments reach tens of radians, where bf16 (8 significant bits) would
+        be off by a large fraction of a period. For float32 modules nothing changes.
+        """
+        gaussian = self.positional_encoding_gaussian_matrix
         coords = 2 * coords - 1
-        coords = coords @ self.positional_encoding_gaussian_matrix
+        coords = coords @ (gaussian if gaussian.dtype == torch.float32 else gaussian.float())
         coords = 2 * math.pi * coords
-        return torch.cat([torch.sin(coords), torch.cos(coords)], dim=-1)
+        out = torch.cat([torch.sin(coords), torch.cos(coords)], dim=-1)
+        return out if out.dtype == gaussian.dtype else out.to(gaussian.dtype)
 
     def forward(self, size: tuple[int, int]) -> torch.Tensor:
         """Dense encoding of an HxW grid of cell centres, CxHxW."""
@@ -139,8 +146,9 @@ class PromptEncoder(nn.Module):
         return pe + corner_embed
 
     def _embed_masks(self, masks: torch.Tensor) -> torch.Tensor:
-        """Bx1x256x256 mask logits -> Bx256x64x64 dense embedding."""
-        return self.mask_downscaling(masks)
+        """Bx1x256x256 mask logits -> Bx256x64x64 dense embedding (in this module's dtype:
+        float32 logits from an earlier call feed a half-precision model as well)."""
+        return self.mask_downscaling(masks.to(self._get_dtype()))
 
     def _embed_text(self, text: torch.Tensor) -> torch.Tensor:
         """BxD text embeddings -> Bx1xC sparse token."""
@@ -149,7 +157,7 @@ class PromptEncoder(nn.Module):
                 "this model has no text-prompt weights (prompt_encoder.text_projection); "
                 "build it with text_embed_dim and train or load them before using text prompts"
             )
-        return self.text_projection(text.to(torch.float)).unsqueeze(1)
+        return self.text_projection(text.to(self._get_dtype())).unsqueeze(1)
 
     @staticmethod
     def _get_batch_size(
@@ -170,6 +178,10 @@ class PromptEncoder(nn.Module):
 
     def _get_device(self) -> torch.device:
         return self.point_embeddings[0].weight.device
+
+    def _get_dtype(self) -> torch.dtype:
+        """The dtype of the prompt tokens (float32, or the half type the model was moved to)."""
+        return self.point_embeddings[0].weight.dtype
 
     def forward(
         self,
@@ -195,7 +207,7 @@ class PromptEncoder(nn.Module):
         if tokens:
             sparse = torch.cat(tokens, dim=1) if len(tokens) > 1 else tokens[0]
         else:
-            sparse = torch.empty((bs, 0, self.embed_dim), device=self._get_device())
+            sparse = torch.empty((bs, 0, self.embed_dim), device=self._get_device(), dtype=self._get_dtype())
         dense = self._embed_masks(masks) if masks is not None else self.no_mask_dense(bs)
         return sparse, dense
 

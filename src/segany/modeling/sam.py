@@ -100,6 +100,11 @@ class Sam(nn.Module):
         """
         size = self.img_size
         h_in, w_in = int(input_size[0]), int(input_size[1])
+        if masks.dtype in (torch.float16, torch.bfloat16):
+            # Half-precision logits are upsampled in float32: the interpolation weights of a
+            # bf16 kernel would move the 0-threshold crossing, and the result is returned as
+            # float32 anyway.
+            masks = masks.float()
         b, c, low_h, low_w = masks.shape
         # One channel per batch item: PyTorch's CPU bilinear kernel is several times slower
         # for multi-channel NCHW input than for the same data as N*C single-channel images.
@@ -117,10 +122,29 @@ class Sam(nn.Module):
         return out.reshape(b, c, out.shape[-2], out.shape[-1])
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalise a 3xHxW (or Bx3xHxW) input-frame image and pad it to the square."""
-        x = (x - self.pixel_mean) / self.pixel_std
+        """Normalise a 3xHxW (or Bx3xHxW) input-frame image and pad it to the square.
+
+        The normalisation runs in float32 and the result is cast to the image encoder's
+        dtype, so a model moved to bf16/fp16 gets inputs it can consume (a uint8 image minus
+        a bf16 mean would be computed at bf16 precision, and a float32 image would not fit a
+        half-precision convolution). For float32 models nothing changes.
+        """
+        mean, std = self.pixel_mean, self.pixel_std
+        if mean.dtype != torch.float32:
+            mean, std = mean.float(), std.float()
+        x = (x - mean) / std
         h, w = x.shape[-2:]
-        return F.pad(x, (0, self.img_size - w, 0, self.img_size - h))
+        x = F.pad(x, (0, self.img_size - w, 0, self.img_size - h))
+        dtype = _floating_dtype(self.image_encoder)
+        return x if dtype is None or x.dtype == dtype else x.to(dtype)
+
+
+def _floating_dtype(module: nn.Module) -> torch.dtype | None:
+    """The dtype of a module's first floating-point parameter (None if it has none)."""
+    for p in module.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return None
 
 
 def _source_extent(out_len: int, in_len: int, factor: float) -> int:
