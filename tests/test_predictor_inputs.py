@@ -103,19 +103,15 @@ def test_set_torch_image_checks_shape(small_model):
         (dict(point_coords=np.array([[10.0, 10.0]]), point_labels=np.array([2])), "must be 1"),
         (dict(point_coords=np.array([[10.0, 10.0]]), point_labels=np.array([1, 0])), "does not match"),
         (dict(point_coords=np.array([[np.nan, 10.0]]), point_labels=np.array([1])), "NaN"),
-        (dict(point_coords=np.array([[500.0, 10.0]]), point_labels=np.array([1])), "outside"),
-        (dict(point_coords=np.array([[-1.0, 10.0]]), point_labels=np.array([1])), "outside"),
         (dict(point_coords=np.zeros((0, 2)), point_labels=np.zeros(0)), "empty"),
         (dict(point_coords=np.array([1.0, 2.0, 3.0]), point_labels=np.array([1])), "Kx2"),
         (dict(point_coords=np.array([["a", "b"]]), point_labels=np.array([1])), "numeric"),
         (dict(box=np.array([50.0, 10.0, 20.0, 40.0])), "x1 < x0"),
         (dict(box=np.array([10.0, 50.0, 20.0, 40.0])), "x1 < x0"),
         (dict(box=np.array([10.0, 10.0, 20.0])), "XYXY"),
-        (dict(box=np.array([10.0, 10.0, 2000.0, 40.0])), "outside"),
         (dict(box=np.array([np.inf, 10.0, 20.0, 40.0])), "NaN or infinite"),
         (dict(mask_input=np.zeros((256, 256))), "mask_input must be 1x256x256"),
         (dict(mask_input=np.zeros((1, 64, 64))), "mask_input must be 1x256x256"),
-        (dict(), "no prompt"),
         (dict(box=np.zeros((2, 4)) + [0, 0, 5, 5], point_coords=np.zeros((3, 1, 2)), point_labels=np.ones((3, 1))),
          "disagree"),
         (dict(box=np.array([10.0, 10.0, 20.0, 40.0]), multimask_output="yes"), "bool"),
@@ -123,6 +119,9 @@ def test_set_torch_image_checks_shape(small_model):
     ],
 )
 def test_bad_prompts(small_predictor, kwargs, message):
+    """What the official predictor cannot handle either is a clear ValueError. (Prompts outside
+    the image and no prompt at all are accepted as the official accepts them: see
+    tests/test_parity_official.py.)"""
     with pytest.raises(ValueError, match=message):
         small_predictor.predict(**kwargs)
 

@@ -17,12 +17,13 @@ from .modeling.registry import (
     sam_model_registry,
     save_checkpoint,
 )
-from .predictor import SamPredictor
+from .predictor import PromptOutsideImageWarning, SamPredictor
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError",
+    "PromptOutsideImageWarning",
     "Sam",
     "SamAutomaticMaskGenerator",
     "SamPredictor",
