@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from segany import CheckpointError, build_model, sam_model_registry, save_checkpoint
+from segany.modeling.checkpoint import guess_model_type, read_checkpoint
 from segany.modeling.convert_hf import convert_hf_state_dict, official_to_hf_key
-from segany.modeling.registry import guess_model_type, read_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,9 @@ from PIL import Image
 from segany import SamPredictor
 from segany.data.crops import CropConfig, CropDataset
 from segany.data.sa1b import write_record
+from segany.modeling.build import build_model
+from segany.modeling.checkpoint import config_from_state, guess_model_type, read_checkpoint, save_checkpoint
 from segany.modeling.cnn_encoder import ImageEncoderCNN
-from segany.modeling.registry import build_model, config_from_state, guess_model_type, read_checkpoint, save_checkpoint
 from segany.train.loop import TrainConfig, Trainer
 from segany.train.prompts import window_pe
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from segany import SamPredictor, build_model
-from segany.modeling.registry import read_checkpoint
+from segany.modeling.checkpoint import read_checkpoint
 
 transformers = pytest.importorskip("transformers")
 

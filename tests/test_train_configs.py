@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from segany.modeling.registry import MODEL_CONFIGS
+from segany.modeling.config import MODEL_CONFIGS
 from segany.train.loop import ConfigError, TrainConfig
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "src" / "segany" / "configs").glob("*.yaml"))

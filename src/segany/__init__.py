@@ -7,16 +7,15 @@ Drop-in names from the official package: ``sam_model_registry``, ``SamPredictor`
 from .automatic import SamAutomaticMaskGenerator
 from .default_model import load_default_model
 from .modeling import Sam
-from .modeling.registry import (
-    CheckpointError,
+from .modeling.build import (
     build_model,
     build_sam,
     build_sam_vit_b,
     build_sam_vit_h,
     build_sam_vit_l,
     sam_model_registry,
-    save_checkpoint,
 )
+from .modeling.checkpoint import CheckpointError, save_checkpoint
 from .predictor import PromptOutsideImageWarning, SamPredictor
 
 __version__ = "0.1.0"

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from .modeling import Sam
-from .modeling.registry import build_model
+from .modeling.build import build_model
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "segany_default.safetensors"
