@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 import urllib.error
 import urllib.request
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,45 +22,25 @@ pytest.importorskip("httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from segany import load_default_model  # noqa: E402
-from segany.engine.server import ServerConfig, create_app  # noqa: E402
-from segany.engine.store import open_store  # noqa: E402
+from engine_helpers import free_port as _free_port  # noqa: E402
+from engine_helpers import quiet_default_model, served_env  # noqa: E402
 from segany.masks import masks_to_coco_rle, rle_to_mask  # noqa: E402
 
 TOKEN = "test-token-123"
 REAL_IMAGE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bsds500" / "images" / "train"
 
 
-@pytest.fixture(scope="module")
-def model():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return load_default_model()
-
-
 @pytest.fixture()
-def env(tmp_path, model):
-    root = tmp_path / "images"
-    root.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(3):
-        Image.fromarray(rng.integers(0, 256, (60 + i, 80, 3), dtype=np.uint8)).save(root / f"img{i}.png")
-    store = open_store(tmp_path / "db.sqlite")
-    for i in range(3):
-        store.add_image(root / f"img{i}.png", 80, 60 + i)
-    config = ServerConfig(
-        store=store,
-        image_roots=[root],
-        cache_dir=tmp_path / "cache",
-        token=TOKEN,
+def env(tmp_path):
+    return served_env(
+        tmp_path,
+        quiet_default_model(),
+        [(f"img{i}.png", 60 + i, 80) for i in range(3)],
+        TOKEN,
         upload_dir=tmp_path / "uploads",
         max_upload_bytes=200_000,
-        model=model,
         prefill_settings={"points_per_side": 4},  # 16 points keep the test fast
     )
-    client = TestClient(create_app(config))
-    client.headers["Authorization"] = f"Bearer {TOKEN}"
-    return client, store, config, tmp_path
 
 
 def _mask_payload(h, w, seed=0, **extra):
@@ -204,12 +182,6 @@ def test_two_annotators_save_concurrently(env):
     assert len({r.id for r in rows}) == 2 * per
     assert sorted(r.id for r in rows) == sorted(results["alice"] + results["bob"])
     assert sum(r.annotator == "alice" for r in rows) == per
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start_server(images: Path, db: Path, port: int, cache: Path) -> subprocess.Popen:

@@ -28,10 +28,12 @@ pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 from pycocotools import mask as mask_utils  # noqa: E402
 
-from segany import load_default_model  # noqa: E402
+from engine_helpers import free_port as _free_port  # noqa: E402
+from engine_helpers import quiet_default_model, served_env  # noqa: E402
 from segany.cli import main  # noqa: E402
+from segany.engine.errors import one_line  # noqa: E402
 from segany.engine.export import export_dataset  # noqa: E402
-from segany.engine.server import ServerConfig, create_app, one_line  # noqa: E402
+from segany.engine.server import ServerConfig, create_app  # noqa: E402
 from segany.engine.store import open_store  # noqa: E402
 from segany.masks import decode_coco_counts, mask_to_rle, masks_to_coco_rle, validate_rle  # noqa: E402
 
@@ -42,35 +44,22 @@ BASE_URL = "http://127.0.0.1:8765"
 
 @pytest.fixture(scope="module")
 def model():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return load_default_model()
+    return quiet_default_model()
 
 
 @pytest.fixture()
 def env(tmp_path, model):
-    root = tmp_path / "images"
-    root.mkdir()
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 256, (H, W, 3), dtype=np.uint8)).save(root / "a.png")
-    Image.fromarray(rng.integers(0, 256, (20, 25, 3), dtype=np.uint8)).save(root / "b.png")
-    store = open_store(tmp_path / "db.sqlite")
-    store.add_image(root / "a.png", W, H)
-    store.add_image(root / "b.png", 25, 20)
-    config = ServerConfig(
-        store=store,
-        image_roots=[root],
-        cache_dir=tmp_path / "cache",
-        token=TOKEN,
+    return served_env(
+        tmp_path,
+        model,
+        [("a.png", H, W), ("b.png", 20, 25)],
+        TOKEN,
+        base_url=BASE_URL,
         upload_dir=tmp_path / "uploads",
         max_upload_bytes=100_000,
         max_body_bytes=200_000,
         max_pixels=250_000,  # 500 x 500: small, so the limit is testable with small files
-        model=model,
     )
-    client = TestClient(create_app(config), base_url=BASE_URL)
-    client.headers["Authorization"] = f"Bearer {TOKEN}"
-    return client, store, config, tmp_path
 
 
 def _good_mask(h=H, w=W) -> np.ndarray:
@@ -393,10 +382,10 @@ def test_images_are_decoded_off_the_event_loop(env, monkeypatch):
     """A large image takes seconds to decode; on the event loop it would stall every request."""
     import asyncio
 
-    import segany.engine.server as server_module
+    import segany.engine.image_files as image_files
 
     client, store, config, tmp = env
-    real = server_module.image_size
+    real = image_files.image_size
     threads = []
 
     def checked(path, max_pixels):
@@ -408,12 +397,12 @@ def test_images_are_decoded_off_the_event_loop(env, monkeypatch):
             threads.append("event loop")
         return real(path, max_pixels)
 
-    monkeypatch.setattr(server_module, "image_size", checked)
+    monkeypatch.setattr(image_files, "image_size", checked)
     assert client.post("/api/upload", params={"filename": "ok.png"}, content=_png(20, 10)).status_code == 200
     assert threads == ["worker"]
     from PIL import Image as PILImage
 
-    assert server_module.DEFAULT_MAX_PIXELS < PILImage.MAX_IMAGE_PIXELS  # refused before PIL's bomb check
+    assert image_files.DEFAULT_MAX_PIXELS < PILImage.MAX_IMAGE_PIXELS  # refused before PIL's bomb check
 
 
 def test_tiny_upload_gets_an_embedding(env):
@@ -536,12 +525,6 @@ def test_one_line_messages_hide_paths():
 
 
 # ---------------------------------------------------------------------- command line
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _image_dir(tmp: Path) -> Path:

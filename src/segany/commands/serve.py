@@ -17,7 +17,7 @@ from .common import add_model_args, load_model_from_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from ..engine.server import DEFAULT_MAX_PIXELS
+    from ..engine.image_files import DEFAULT_MAX_PIXELS
 
     parser = subparsers.add_parser(
         "serve",
@@ -50,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def collect_images(items: list[str]) -> tuple[list[Path], list[Path]]:
     """(image files, roots) from the command line; roots are the folders given and the
     folders of the files given, the only places the server will read from."""
-    from ..engine.server import IMAGE_SUFFIXES
+    from ..engine.image_files import IMAGE_SUFFIXES
 
     files: list[Path] = []
     roots: list[Path] = []
@@ -72,7 +72,7 @@ def register_images(store, files: list[Path], max_pixels: int | None = None) -> 
     ``max_pixels`` are skipped with a note, so one bad file does not stop the server)."""
     from tqdm import tqdm
 
-    from ..engine.server import DEFAULT_MAX_PIXELS, image_header_size
+    from ..engine.image_files import DEFAULT_MAX_PIXELS, image_header_size
     from ..engine.store import StoreError
     from ..image_io import ImageError
 
@@ -113,7 +113,8 @@ def _writable_dir(path: Path, option: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine.server import ServerConfig, listen_socket, serve
+    from ..engine.server import listen_socket, serve
+    from ..engine.server_config import ServerConfig
     from ..engine.store import open_store
 
     check_options(args)
