@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 STEPS=${1:-250}
 CONFIG=src/segany/configs/segany_cnn_cpu.yaml
 PY=.venv/bin/python
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's code, also when run from a copy
 COMMON=(--set train.val_every_steps=$((STEPS / 2)) --set train.val_limit=40 --set train.export=null
         --set train.checkpoint_every_s=300 --set optim.warmup_steps=50)
 run() {  # name, then --set overrides

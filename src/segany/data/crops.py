@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 
 from ..image_io import load_image
-from .sa1b import SA1BRecord, decode_rle, list_records, read_record
+from .sa1b import RecordIndex, SA1BRecord, decode_rle
 
 
 @dataclass(frozen=True)
@@ -77,7 +76,7 @@ def _color_jitter(image: np.ndarray, amount: float, rng: np.random.Generator) ->
     return np.clip(x, 0, 255)
 
 
-class CropDataset:
+class CropDataset(RecordIndex):
     """Training crops from SA-1B folders (``roots``: folders or ``(folder, repeat)``)."""
 
     def __init__(
@@ -88,36 +87,14 @@ class CropDataset:
         holdout_every: int = 0,
         split: str = "train",
     ) -> None:
-        """``holdout_every`` N > 0 sets every N-th record of each folder aside as a fixed
-        validation set carved from the training data: ``split="val"`` lists only those (once
-        each, whatever the repeat), ``"train"`` everything else."""
+        """``holdout_every`` and ``split``: see :class:`RecordIndex`."""
         if config.crop % 32 or config.crop <= 0:
             raise ValueError(f"crop must be a positive multiple of 32 (got {config.crop})")
-        if split not in ("train", "val"):
-            raise ValueError(f"split must be 'train' or 'val' (got {split!r})")
-        self.paths: list[Path] = []
-        for root in roots:
-            path, repeat = root if isinstance(root, tuple | list) else (root, 1)
-            records = list_records(path)
-            if holdout_every > 0:
-                held = [r for k, r in enumerate(records) if k % holdout_every == holdout_every - 1]
-                records = held if split == "val" else [r for r in records if r not in set(held)]
-                repeat = 1 if split == "val" else repeat
-            self.paths.extend(records * int(repeat))
+        super().__init__(roots, holdout_every, split)
         if not self.paths:
             raise ValueError("no SA-1B records in the data roots")
         self.img_size = int(img_size)
         self.config = config
-        self._records: dict[Path, SA1BRecord] = {}
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def record(self, index: int) -> SA1BRecord:
-        path = self.paths[index]
-        if path not in self._records:
-            self._records[path] = read_record(path)
-        return self._records[path]
 
     def _matrix(self, h0: int, w0: int, rng: np.random.Generator) -> np.ndarray:
         """Affine map original -> crop: resize-longest-side x jitter, flip, random window."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -23,7 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..image_io import load_image
-from .sa1b import SA1BError, SA1BRecord, decode_rle, list_records, read_record
+from .sa1b import RecordIndex, SA1BError, decode_rle
 
 
 @dataclass
@@ -43,7 +42,7 @@ def _resize_mask(mask: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
     return cv2.resize(mask.astype(np.float32), size_wh, interpolation=interp) >= 0.5
 
 
-class SA1BDataset(Dataset):
+class SA1BDataset(RecordIndex, Dataset):
     """Images of one or more SA-1B folders.
 
     Args:
@@ -69,26 +68,13 @@ class SA1BDataset(Dataset):
     ) -> None:
         if max_masks < 1:
             raise ValueError(f"max_masks must be >= 1 (got {max_masks})")
-        self.paths: list[Path] = []
-        for root in roots:
-            path, repeat = (root if isinstance(root, tuple | list) else (root, 1))
-            self.paths.extend(list_records(path) * int(repeat))
+        super().__init__(roots)
         self.img_size = int(img_size)
         self.max_masks = int(max_masks)
         self.max_area_frac = float(max_area_frac)
         self.min_area_frac = float(min_area_frac)
         self.jitter = tuple(jitter) if jitter is not None else None
         self.seed = seed
-        self._cache: dict[Path, SA1BRecord] = {}
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def record(self, index: int) -> SA1BRecord:
-        path = self.paths[index]
-        if path not in self._cache:
-            self._cache[path] = read_record(path)
-        return self._cache[path]
 
     def __getitem__(self, index: int) -> TrainSample:
         return self.load(index, np.random.default_rng([self.seed, index]))

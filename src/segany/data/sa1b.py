@@ -181,3 +181,42 @@ def validate_record(json_path: str | os.PathLike, check_image: bool = True) -> l
         except (KeyError, TypeError, ValueError) as exc:
             problems.append(f"{json_path}: annotation {k} is malformed ({exc})")
     return problems
+
+
+class RecordIndex:
+    """The records of one or more SA-1B folders, listed once and read lazily (cached).
+
+    ``roots`` are folders or ``(folder, repeat)`` pairs; ``repeat`` lists a folder's records
+    that many times, to balance small sources against large ones. ``holdout_every`` N > 0 sets
+    every N-th record of each folder aside as a fixed validation set carved from training
+    data: ``split="val"`` lists only those (once each, whatever the repeat), ``"train"`` the
+    rest. The training datasets build on it, so the split is decided in one place.
+    """
+
+    def __init__(
+        self,
+        roots: list[str | os.PathLike | tuple[str | os.PathLike, int]],
+        holdout_every: int = 0,
+        split: str = "train",
+    ) -> None:
+        if split not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val' (got {split!r})")
+        self.paths: list[Path] = []
+        for root in roots:
+            path, repeat = root if isinstance(root, tuple | list) else (root, 1)
+            records = list_records(path)
+            if holdout_every > 0:
+                held = set(records[holdout_every - 1 :: holdout_every])
+                records = [r for r in records if (r in held) == (split == "val")]
+                repeat = 1 if split == "val" else repeat
+            self.paths.extend(records * int(repeat))
+        self._records: dict[Path, SA1BRecord] = {}
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def record(self, index: int) -> SA1BRecord:
+        path = self.paths[index]
+        if path not in self._records:
+            self._records[path] = read_record(path)
+        return self._records[path]
