@@ -2,7 +2,7 @@
 
 No pretrained SAM weights can be downloaded where segany is built, so the default is a
 model segany trained itself (see the training docs). Until those weights exist in
-``segany/weights/``, the default is a randomly initialised ``segany_tiny`` model and every
+``segany/weights/``, the default is a randomly initialised ``segany_cnn`` model and every
 caller is told so: its masks are meaningless.
 """
 
@@ -26,7 +26,7 @@ def default_weights_path() -> Path | None:
 
 
 def load_default_model(device: str | torch.device = "cpu", warn: bool = True) -> Sam:
-    """The shipped trained model, or (clearly flagged) a random-init ``segany_tiny``.
+    """The shipped trained model, or (clearly flagged) a random-init ``segany_cnn``.
 
     ``warn=False`` is for callers that tell the user themselves (the CLI prints a note).
     """
@@ -38,11 +38,11 @@ def load_default_model(device: str | torch.device = "cpu", warn: bool = True) ->
         if warn:
             warnings.warn(
                 "segany has no trained default weights yet (segany/weights/segany_default.safetensors); "
-                "using a RANDOMLY INITIALISED segany_tiny model: its masks are meaningless",
+                "using a RANDOMLY INITIALISED segany_cnn model: its masks are meaningless",
                 stacklevel=2,
             )
         with torch.random.fork_rng():
             torch.manual_seed(0)
-            model = build_model("segany_tiny")
+            model = build_model("segany_cnn")
         model.is_trained = False  # type: ignore[assignment]
     return model.to(device).eval()

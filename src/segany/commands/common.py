@@ -21,7 +21,7 @@ def add_model_args(parser: argparse.ArgumentParser, with_dtype: bool = True) -> 
     parser.add_argument(
         "--model-type",
         default=None,
-        help="vit_h, vit_l, vit_b, segany_tiny, or 'auto' (read from the checkpoint). "
+        help="vit_h, vit_l, vit_b, segany_cnn, segany_tiny, or 'auto' (read from the checkpoint). "
         "Default: the embedded segany model when no --checkpoint is given, else auto.",
     )
     parser.add_argument("--checkpoint", default=None, help="official sam_vit_*.pth, segany .safetensors, or HF weights")
@@ -90,7 +90,7 @@ def load_model_from_args(args: argparse.Namespace) -> Sam:
         model = load_default_model("cpu", warn=False)
         if not getattr(model, "is_trained", False):
             print(
-                "note: using a RANDOMLY INITIALISED segany_tiny model (no trained default weights "
+                "note: using a RANDOMLY INITIALISED segany_cnn model (no trained default weights "
                 "are shipped yet); masks are meaningless. Pass --checkpoint for real results.",
                 file=sys.stderr,
             )
