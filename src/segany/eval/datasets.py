@@ -304,6 +304,22 @@ def subsample(images: Sequence[EvalImage], limit: int | None, seed: int) -> list
     return [images[i] for i in sorted(order)]
 
 
+def objects_and_pixels(im: EvalImage) -> tuple[EvalObjects, np.ndarray | None]:
+    """The objects of ``im`` and, when it has any, its HxWx3 pixels (None: nothing to evaluate, nothing read).
+
+    Raises ValueError when a mask's size is not the image's: a mismatched annotation would
+    otherwise be scored against the wrong pixels without a word.
+    """
+    objs = im.objects()
+    if not objs.masks:
+        return objs, None
+    pixels = im.image()
+    for m in objs.masks:
+        if m.shape != pixels.shape[:2]:
+            raise ValueError(f"{im.dataset}/{im.image_id}: mask {m.shape} does not match image {pixels.shape[:2]}")
+    return objs, pixels
+
+
 def iterate_objects(images: Sequence[EvalImage]) -> Iterator[tuple[EvalImage, EvalObjects]]:
     """Images with their objects, skipping images without any non-empty mask."""
     for im in images:

@@ -18,29 +18,27 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ..automatic.filters import nms
 from ..automatic.grid import build_point_grid
 from ..automatic.presets import preset
+from ..image_io import load_image
 from ..masks import batched_mask_to_box
 from ..modeling import Sam
 from ..predictor import SamPredictor
-from . import baselines, bsds, report, resume
+from . import baselines, bsds, report, resume, runner
 from .edge_nms import edge_nms
+from .paper import EDGES_TABLE3
 
-PAPER_TABLE3 = {  # SAM paper, table 3 (BSDS500 test): for reference in reports only
-    "SAM ViT-H (paper)": {"ODS": 0.768, "OIS": 0.786, "AP": 0.794, "R50": 0.928},
-    "Canny (paper)": {"ODS": 0.600, "OIS": 0.640, "AP": 0.580, "R50": None},
-    "Sobel (paper)": {"ODS": 0.539, "OIS": None, "AP": None, "R50": None},
-}
+METHODS = ("segany", "canny", "sobel")
 BOUNDARY_BAND = 3  # px: width of the outer-boundary band in which a mask's Sobel response is kept
 
 
@@ -122,13 +120,22 @@ def _score(args: tuple[np.ndarray, list[np.ndarray], int]) -> tuple[bsds.ImageCo
     return c, time.time() - ts
 
 
-def bsds_split(root: Path, split: str) -> list[tuple[str, Path, Path]]:
-    """(id, image path, ground-truth path) of a BSDS500 split."""
+@dataclass(frozen=True)
+class BsdsImage:
+    """One BSDS500 image: its id, the image file and the ``.mat`` file of its human boundaries."""
+
+    image_id: str
+    path: Path
+    gt_path: Path
+
+
+def bsds_split(root: Path, split: str) -> list[BsdsImage]:
+    """The images of a BSDS500 split, sorted by id."""
     img_dir, gt_dir = root / "images" / split, root / "groundTruth" / split
     if not img_dir.is_dir() or not gt_dir.is_dir():
         raise FileNotFoundError(f"BSDS500 split {split!r} not found under {root} (need images/{split} and groundTruth/{split})")
-    items = [(p.stem, p, gt_dir / f"{p.stem}.mat") for p in sorted(img_dir.glob("*.jpg"))]
-    missing = [i for i, _, g in items if not g.is_file()]
+    items = [BsdsImage(p.stem, p, gt_dir / f"{p.stem}.mat") for p in sorted(img_dir.glob("*.jpg"))]
+    missing = [it.image_id for it in items if not it.gt_path.is_file()]
     if missing:
         raise FileNotFoundError(f"no ground truth for {missing[:3]} in {gt_dir}")
     return items
@@ -160,6 +167,153 @@ def _example(image: np.ndarray, maps: dict[str, np.ndarray], gts: list[np.ndarra
     panels = [image] + [np.repeat((255 * (1 - np.clip(m, 0, 1))).astype(np.uint8)[..., None], 3, 2) for m in maps.values()]
     panels.append(np.repeat((255 * (1 - gt_sum / max(gt_sum.max(), 1e-6))).astype(np.uint8)[..., None], 3, 2))
     report.save_image(path, np.concatenate(panels, axis=1))
+
+
+@dataclass
+class _Scoring:
+    """A method's benchmark counts of one image, being matched in a worker process (``--workers``)."""
+
+    future: Future
+    map_seconds: float
+    masks_kept: int | None
+
+    def done(self) -> bool:
+        return self.future.done()
+
+    def result(self) -> dict[str, Any]:
+        return _record(self.map_seconds, self.masks_kept, self.future.result())
+
+
+def _record(map_seconds: float, masks_kept: int | None, scored: tuple[bsds.ImageCounts, float]) -> dict[str, Any]:
+    """A method's stored result for one image: its counts and the seconds of the map and its scoring."""
+    return {"seconds": map_seconds + scored[1], "masks_kept": masks_kept, "counts": _counts_to_json(scored[0])}
+
+
+class EdgesExperiment(runner.Experiment):
+    """``segany eval edges``: per image and method an edge map scored by the BSDS benchmark; ODS/OIS/AP/R50.
+
+    One store per method (``OUT/.resume/edges-<method>``): the baselines' records do not depend
+    on the model, so a ``--no-model`` run and a model-only run can fill one folder side by side
+    (one core each), and a last run with every method only writes the combined report.
+    """
+
+    name = "edges"
+    title = "Zero-shot edge detection on BSDS500 (paper 7.2 / D.2)"
+
+    def __init__(
+        self, model: Sam | None, split: str = "test", nthresh: int = 99, baselines_: Sequence[str] = ("canny", "sobel"),
+        seed: int = 0, points_per_side: int | None = None,
+    ) -> None:
+        self.methods = ([] if model is None else ["segany"]) + list(baselines_)
+        if not self.methods:
+            raise ValueError("nothing to evaluate: no model and no baselines")
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown edge method(s) {unknown}: choose from {', '.join(METHODS)}")
+        self.model = model
+        self.predictor = SamPredictor(model) if model is not None else None
+        self.split = split
+        self.nthresh = nthresh
+        self.seed = seed
+        self.overrides = {} if points_per_side is None else {"points_per_side": points_per_side}
+        self.pool: ProcessPoolExecutor | None = None  # set by run() for --workers > 1
+        self.common = {"split": split, "nthresh": nthresh, "max_dist": bsds.DEFAULT_MAX_DIST}
+
+    def _signature(self, method: str) -> dict[str, Any]:
+        if method == "segany":
+            return {**self.common, "model": resume.model_fingerprint(self.model), "preset": preset("edges", **self.overrides)}
+        return {**self.common, "method": method}
+
+    def parts(self) -> dict[str, dict[str, Any]]:
+        return {f"edges-{m}": self._signature(m) for m in self.methods}
+
+    def start(self, ctx: runner.RunContext) -> None:
+        super().start(ctx)
+        # The example figures show every method of this run: a run with other methods (e.g. a
+        # `--no-model` run filling the same folder) draws its own, and this one redraws them.
+        self.shown = ctx.store("edges-examples-" + "+".join(self.methods), self._signature("segany")
+                               if "segany" in self.methods else {**self.common, "methods": self.methods})
+
+    def key(self, dataset: str, index: int, item: BsdsImage) -> str:
+        return item.image_id
+
+    def _want_example(self, index: int, item: BsdsImage) -> bool:
+        path = self.ctx.out_dir / f"example_{item.image_id}.png"
+        return index < 3 and (not path.is_file() or self.shown.get(item.image_id) is None)
+
+    def revisit(self, dataset: str, index: int, item: BsdsImage) -> bool:
+        return self._want_example(index, item)
+
+    def compute(
+        self, dataset: str, index: int, item: BsdsImage, todo: Sequence[str], stored: dict[str, dict[str, Any]]
+    ) -> dict[str, dict[str, Any] | runner.Deferred]:
+        todo_methods = [m for m in self.methods if f"edges-{m}" in todo]
+        want_example = self._want_example(index, item)
+        image = load_image(item.path)
+        gts = bsds.load_ground_truth(item.gt_path)
+        maps: dict[str, np.ndarray] = {}
+        out: dict[str, dict[str, Any] | runner.Deferred] = {}
+        for m in self.methods if want_example else todo_methods:
+            ts = time.time()
+            n_kept = None
+            if m == "segany":
+                assert self.predictor is not None
+                maps[m], n_kept = segany_edges(self.predictor, image, **self.overrides)
+            elif m == "canny":
+                maps[m] = baselines.canny_edges(image)
+            else:
+                maps[m] = baselines.sobel_edges(image)
+            map_seconds = time.time() - ts
+            if m not in todo_methods:
+                continue
+            if self.pool is not None:
+                out[f"edges-{m}"] = _Scoring(self.pool.submit(_score, (maps[m], gts, self.nthresh)), map_seconds, n_kept)
+            else:
+                out[f"edges-{m}"] = _record(map_seconds, n_kept, _score((maps[m], gts, self.nthresh)))
+        if want_example:
+            _example(image, maps, gts, self.ctx.out_dir / f"example_{item.image_id}.png")
+            self.shown.put(item.image_id, {"methods": self.methods})
+        return out
+
+    def finish_dataset(self, dataset: str, finished: runner.Finished) -> Any:
+        return finished
+
+    def nothing_finished(self) -> None:
+        raise ValueError(f"--partial: no image finished by every method ({', '.join(self.methods)}) in "
+                         f"{self.ctx.out_dir / '.resume'} for this model and these settings")
+
+    def summarise(self, datasets: dict[str, Any]) -> runner.Summary:
+        finished: runner.Finished = datasets[self.split]
+        items = [item for item, _ in finished]
+        recs = {m: [r[f"edges-{m}"] for _, r in finished] for m in self.methods}
+        counts = {m: [_counts_from_json(r["counts"]) for r in recs[m]] for m in self.methods}
+        method_seconds = {m: float(sum(r["seconds"] for r in recs[m])) for m in self.methods}
+        masks_kept = [r["masks_kept"] for r in recs["segany"]] if "segany" in self.methods else []
+        results = {m: bsds.summarize(counts[m]) for m in self.methods}
+        out_dir = self.ctx.out_dir
+        _plot_pr(results, out_dir / "pr_curve.png")
+        for m, r in results.items():
+            for fname, text in bsds.format_official(r).items():
+                report.write_text(out_dir / m / fname, text)
+        md = (f"{len(items)} images of the `{self.split}` split, {self.nthresh} thresholds, tolerance "
+              f"{bsds.DEFAULT_MAX_DIST} x diagonal, all annotators.\n\n")
+        rows = [[m, r.ods, r.ois, r.ap, r.r50, method_seconds[m] / max(len(items), 1)] for m, r in results.items()]
+        rows += [[k, v["ODS"], v["OIS"], v["AP"], v["R50"], None] for k, v in EDGES_TABLE3.items()]
+        md += report.markdown_table(["method", "ODS", "OIS", "AP", "R50", "s/img (map + scoring)"], rows)
+        md += "\nRows marked (paper) are the SAM paper's table 3, for reference (ViT-H, full test split).\n\n"
+        md += "![precision/recall](pr_curve.png)\n\n"
+        for item in items[:3]:
+            if (out_dir / f"example_{item.image_id}.png").is_file():
+                md += f"![{item.image_id}](example_{item.image_id}.png)\n"
+        md += "\nExamples: image, " + ", ".join(self.methods) + ", human boundaries (darker = more annotators).\n"
+        settings = {"split": self.split, "images": len(items), "nthresh": self.nthresh,
+                    "max_dist": bsds.DEFAULT_MAX_DIST, "seed": self.seed,
+                    "preset": preset("edges", **self.overrides) if self.model is not None else None}
+        fields = {"settings": settings, "methods": {m: r.as_dict() for m, r in results.items()},
+                  "method_seconds": method_seconds}
+        details = {"mean_masks_after_nms": float(np.mean(masks_kept)) if masks_kept else None,
+                   "paper_table3": EDGES_TABLE3}
+        return runner.Summary(fields, md, details)
 
 
 def run(
@@ -196,143 +350,10 @@ def run(
     if limit is not None:
         order = np.random.default_rng(seed).permutation(len(items))[:limit]
         items = [items[i] for i in sorted(order)]
-    methods = ([] if model is None else ["segany"]) + list(baselines_)
-    if not methods:
-        raise ValueError("nothing to evaluate: no model and no baselines")
-    unknown = [m for m in methods if m not in ("segany", "canny", "sobel")]
-    if unknown:
-        raise ValueError(f"unknown edge method(s) {unknown}: choose from segany, canny, sobel")
-    predictor = SamPredictor(model) if model is not None else None
-    out_dir = Path(out_dir)
-    overrides = {} if points_per_side is None else {"points_per_side": points_per_side}
-    # One store per method: the baselines' records do not depend on the model, so a
-    # `--no-model` run and a model-only run can fill one folder side by side (one core each)
-    # and a last run with every method only writes the combined report.
-    common = {"split": split, "nthresh": nthresh, "max_dist": bsds.DEFAULT_MAX_DIST}
-    stores = {
-        m: resume.ResumeStore(
-            out_dir, f"edges-{m}",
-            {**common, "model": resume.model_fingerprint(model), "preset": preset("edges", **overrides)}
-            if m == "segany" else {**common, "method": m},
-            enabled=resume_run, partial=partial,
-        )
-        for m in methods
-    }
-    # The example figures show every method of this run: a run with other methods (e.g. a
-    # `--no-model` run filling the same folder) draws its own, and this one redraws them.
-    shown = resume.ResumeStore(out_dir, "edges-examples-" + "+".join(methods), stores[methods[0]].signature
-                               if "segany" in methods else {**common, "methods": methods}, enabled=resume_run,
-                               partial=partial)
-    t0 = time.time()
-    records: dict[str, dict[str, dict[str, Any]]] = {m: {} for m in methods}  # method -> image id -> record
-    pool = ProcessPoolExecutor(workers) if workers > 1 else None
-    pending: list[tuple[str, str, float, int | None, Any]] = []
-    skipped = 0
-
-    def finish(m: str, iid: str, map_seconds: float, n_kept: int | None, scored: tuple[bsds.ImageCounts, float]) -> None:
-        rec = {"seconds": map_seconds + scored[1], "masks_kept": n_kept, "counts": _counts_to_json(scored[0])}
-        stores[m].put(iid, rec)
-        records[m][iid] = rec
-
-    try:
-        for k, (iid, ipath, gpath) in enumerate(tqdm(items, desc="eval edges", unit="img", disable=not show_progress)):
-            for m in methods:
-                rec = stores[m].get(iid)
-                if rec is not None:
-                    records[m][iid] = rec
-            todo = [m for m in methods if iid not in records[m]]
-            if partial:
-                skipped += bool(todo)
-                continue
-            example_path = out_dir / f"example_{iid}.png"
-            want_example = k < 3 and (not example_path.is_file() or shown.get(iid) is None)
-            if not todo and not want_example:
-                continue
-            from ..image_io import load_image
-
-            image = load_image(ipath)
-            gts = bsds.load_ground_truth(gpath)
-            maps: dict[str, np.ndarray] = {}
-            for m in methods if want_example else todo:
-                ts = time.time()
-                n_kept = None
-                if m == "segany":
-                    assert predictor is not None
-                    maps[m], n_kept = segany_edges(predictor, image, **overrides)
-                elif m == "canny":
-                    maps[m] = baselines.canny_edges(image)
-                else:
-                    maps[m] = baselines.sobel_edges(image)
-                map_seconds = time.time() - ts
-                if m not in todo:
-                    continue
-                if pool is not None:
-                    pending.append((m, iid, map_seconds, n_kept, pool.submit(_score, (maps[m], gts, nthresh))))
-                else:
-                    finish(m, iid, map_seconds, n_kept, _score((maps[m], gts, nthresh)))
-            if want_example:
-                _example(image, maps, gts, example_path)
-                shown.put(iid, {"methods": methods})
-            still = []
-            for job in pending:  # store finished scores as they come, so a kill loses little
-                if job[4].done():
-                    finish(job[0], job[1], job[2], job[3], job[4].result())
-                else:
-                    still.append(job)
-            pending = still
-        for m, iid, secs, n_kept, fut in pending:
-            finish(m, iid, secs, n_kept, fut.result())
-    finally:
-        if pool is not None:
-            pool.shutdown()
-    if partial:
-        items = [it for it in items if all(it[0] in records[m] for m in methods)]
-        if not items:
-            raise ValueError(f"--partial: no image finished by every method ({', '.join(methods)}) in "
-                             f"{out_dir / '.resume'} for this model and these settings")
-    counts = {m: [_counts_from_json(records[m][iid]["counts"]) for iid, _, _ in items] for m in methods}
-    method_seconds = {m: float(sum(records[m][iid]["seconds"] for iid, _, _ in items)) for m in methods}
-    masks_kept = [records["segany"][iid]["masks_kept"] for iid, _, _ in items] if "segany" in methods else []
-    results = {m: bsds.summarize(counts[m]) for m in methods}
-    seconds = time.time() - t0
-    out = {
-        "experiment": "edges",
-        "model": model_info,
-        "settings": {"split": split, "images": len(items), "nthresh": nthresh, "max_dist": bsds.DEFAULT_MAX_DIST,
-                     "seed": seed,
-                     "preset": (preset("edges", **({} if points_per_side is None else {"points_per_side": points_per_side}))
-                                if model is not None else None)},
-        "methods": {m: r.as_dict() for m, r in results.items()},
-        "method_seconds": method_seconds,
-        "compute_seconds": float(sum(method_seconds.values())),
-        "images_resumed": max(st.loaded for st in stores.values()),
-        "partial": report.partial_field(len(items), skipped) if partial else None,
-        "mean_masks_after_nms": float(np.mean(masks_kept)) if masks_kept else None,
-        "paper_table3": PAPER_TABLE3,
-        "seconds": seconds,
-    }
-    _plot_pr(results, out_dir / "pr_curve.png")
-    for m, r in results.items():
-        for fname, text in bsds.format_official(r).items():
-            report.write_text(out_dir / m / fname, text)
-    title = "Zero-shot edge detection on BSDS500 (paper 7.2 / D.2)"
-    if model_info is not None:
-        md = report.header_markdown(title, model_info, command, seconds)
-    else:
-        md = f"# {title}\n\n- command: `{command}`\n- wall time: {seconds:.0f} s\n\n"
-    md += (report.resume_line(out["compute_seconds"], len(items), skipped) if partial
-           else report.resume_line(out["compute_seconds"], out["images_resumed"]))
-    md += (f"{len(items)} images of the `{split}` split, {nthresh} thresholds, tolerance "
-           f"{bsds.DEFAULT_MAX_DIST} x diagonal, all annotators.\n\n")
-    rows = [[m, r.ods, r.ois, r.ap, r.r50, method_seconds[m] / max(len(items), 1)] for m, r in results.items()]
-    rows += [[k, v["ODS"], v["OIS"], v["AP"], v["R50"], None] for k, v in PAPER_TABLE3.items()]
-    md += report.markdown_table(["method", "ODS", "OIS", "AP", "R50", "s/img (map + scoring)"], rows)
-    md += "\nRows marked (paper) are the SAM paper's table 3, for reference (ViT-H, full test split).\n\n"
-    md += "![precision/recall](pr_curve.png)\n\n"
-    for iid, _, _ in items[:3]:
-        if (out_dir / f"example_{iid}.png").is_file():
-            md += f"![{iid}](example_{iid}.png)\n"
-    md += "\nExamples: image, " + ", ".join(methods) + ", human boundaries (darker = more annotators).\n"
-    report.write_json(out_dir / "report.json", out)
-    report.write_text(out_dir / "report.md", md)
-    return out
+    experiment = EdgesExperiment(model, split, nthresh, baselines_, seed, points_per_side)
+    options = runner.RunOptions(out_dir, model_info, command, show_progress, resume_run, partial)
+    if workers <= 1:
+        return runner.run(experiment, {split: items}, options)
+    with ProcessPoolExecutor(workers) as pool:  # the benchmark's matching, while the next image's maps are made
+        experiment.pool = pool
+        return runner.run(experiment, {split: items}, options)

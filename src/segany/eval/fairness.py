@@ -11,18 +11,16 @@ Confidence intervals are percentile bootstrap intervals over objects (fixed seed
 from __future__ import annotations
 
 import csv
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from ..predictor import SamPredictor
-from . import report
+from . import report, runner
 from .datasets import EvalImage
-from .points import ObjectTrace, evaluate_dataset, resume_store
+from .points import ClickExperiment, ObjectTrace, traces_from_record
 
 FAIRNESS_CLICKS = (1, 3)
 
@@ -98,6 +96,51 @@ def _plot(groups: dict[str, dict[str, dict[str, Any]]], path: Path) -> None:
     report.save_figure(fig, path)
 
 
+class FairnessExperiment(ClickExperiment):
+    """``segany eval fairness``: 3 clicks per object (resumable, as ``eval points``), then mIoU per group."""
+
+    name = "fairness"
+    title = "Fairness across groups (paper section 6, table 2)"
+
+    def __init__(
+        self, predictor: SamPredictor, group_by: Sequence[str] = ("supercategory", "size"),
+        metadata_csv: str | Path | None = None, first: str = "random", seed: int = 0, n_boot: int = 1000,
+    ) -> None:
+        super().__init__(predictor, first, max(FAIRNESS_CLICKS), seed, keep_examples=0)
+        self.group_by = list(group_by)
+        self.metadata_csv = metadata_csv
+        self.metadata = read_metadata(metadata_csv) if metadata_csv else {}
+        self.n_boot = n_boot
+
+    def summarise_dataset(self, dataset: str, finished: list[tuple[Any, dict[str, Any]]]) -> list[ObjectTrace]:
+        return [t for _, rec in finished for t in traces_from_record(rec)]
+
+    def summarise(self, datasets: dict[str, Any]) -> runner.Summary:
+        traces = [t for trs in datasets.values() for t in trs]
+        for tr in traces:
+            tr.meta.update(self.metadata.get(str(tr.meta.get("image")), {}))
+        if not traces:
+            raise ValueError("no objects to evaluate")
+        groups = {c: group_table(traces, c, self.n_boot, self.seed) for c in self.group_by}
+        md = (f"{len(traces)} objects from {', '.join(datasets)}; {self.first} first click; mIoU (%) with 95% "
+              f"percentile bootstrap intervals ({self.n_boot} resamples).\n\n")
+        for column, table in groups.items():
+            md += f"## {column}\n\n"
+            rows = []
+            for value, r in table.items():
+                cells: list[Any] = [value, r["objects"]]
+                for n in FAIRNESS_CLICKS:
+                    m = r[f"mIoU@{n}"]
+                    cells.append(f"{100 * m['mean']:.1f} ({100 * m['ci95'][0]:.1f}-{100 * m['ci95'][1]:.1f})")
+                rows.append(cells)
+            md += report.markdown_table([column, "objects", "mIoU@1 (95% CI)", "mIoU@3 (95% CI)"], rows) + "\n"
+        md += "![groups](groups.png)\n"
+        _plot(groups, self.ctx.out_dir / "groups.png")
+        settings = {"datasets": list(datasets), "first_click": self.first, "seed": self.seed, "bootstrap": self.n_boot,
+                    "group_by": self.group_by, "metadata": str(self.metadata_csv) if self.metadata_csv else None}
+        return runner.Summary({"settings": settings, "objects": len(traces), "groups": groups}, md)
+
+
 def run(
     predictor: SamPredictor,
     datasets: dict[str, Sequence[EvalImage]],
@@ -115,53 +158,6 @@ def run(
 ) -> dict[str, Any]:
     """Simulate 3 clicks per object, group by each column and write the report (resumable, as ``eval points``;
     ``partial``: report the finished images only)."""
-    meta = read_metadata(metadata_csv) if metadata_csv else {}
-    out_dir = Path(out_dir)
-    store = resume_store(out_dir, "fairness", predictor, resume_run, partial, first=first,
-                         max_clicks=max(FAIRNESS_CLICKS), seed=seed)
-    t0 = time.time()
-    traces: list[ObjectTrace] = []
-    total = sum(len(v) for v in datasets.values())
-    with tqdm(total=total, desc="eval fairness", unit="img", disable=not show_progress) as bar:
-        for _, images in datasets.items():
-            tr, _ = evaluate_dataset(predictor, images, first, max(FAIRNESS_CLICKS), seed, bar.update, keep_examples=0,
-                                   store=store)
-            traces.extend(tr)
-    for tr in traces:
-        tr.meta.update(meta.get(str(tr.meta.get("image")), {}))
-    store.check_partial("images")
-    if not traces:
-        raise ValueError("no objects to evaluate")
-    groups = {c: group_table(traces, c, n_boot, seed) for c in group_by}
-    seconds = time.time() - t0
-    out = {
-        "experiment": "fairness",
-        "model": model_info,
-        "settings": {"datasets": list(datasets), "first_click": first, "seed": seed, "bootstrap": n_boot,
-                     "group_by": list(group_by), "metadata": str(metadata_csv) if metadata_csv else None},
-        "objects": len(traces),
-        "groups": groups,
-        "seconds": seconds,
-        "compute_seconds": store.seconds,
-        "images_resumed": store.loaded,
-        "partial": store.partial_info(),
-    }
-    md = report.header_markdown("Fairness across groups (paper section 6, table 2)", model_info, command, seconds)
-    md += store.report_line()
-    md += (f"{len(traces)} objects from {', '.join(datasets)}; {first} first click; mIoU (%) with 95% percentile "
-           f"bootstrap intervals ({n_boot} resamples).\n\n")
-    for column, table in groups.items():
-        md += f"## {column}\n\n"
-        rows = []
-        for value, r in table.items():
-            cells: list[Any] = [value, r["objects"]]
-            for n in FAIRNESS_CLICKS:
-                m = r[f"mIoU@{n}"]
-                cells.append(f"{100 * m['mean']:.1f} ({100 * m['ci95'][0]:.1f}-{100 * m['ci95'][1]:.1f})")
-            rows.append(cells)
-        md += report.markdown_table([column, "objects", "mIoU@1 (95% CI)", "mIoU@3 (95% CI)"], rows) + "\n"
-    md += "![groups](groups.png)\n"
-    _plot(groups, out_dir / "groups.png")
-    report.write_json(out_dir / "report.json", out)
-    report.write_text(out_dir / "report.md", md)
-    return out
+    experiment = FairnessExperiment(predictor, group_by, metadata_csv, first, seed, n_boot)
+    options = runner.RunOptions(out_dir, model_info, command, show_progress, resume_run, partial)
+    return runner.run(experiment, datasets, options)

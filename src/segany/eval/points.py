@@ -19,19 +19,17 @@ call per click), which is what makes the full runs affordable on a CPU.
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ..predictor import SamPredictor
-from . import clicks, report, resume
-from .datasets import EvalImage, EvalObjects
+from . import clicks, report, resume, runner
+from .datasets import EvalImage, EvalObjects, objects_and_pixels
 
 CLICK_COUNTS = (1, 2, 3, 5, 9)
 NOC_THRESHOLDS = (0.85, 0.90)
@@ -80,7 +78,7 @@ def _predict(
 
 def simulate_image(
     predictor: SamPredictor,
-    image: np.ndarray,
+    image: np.ndarray | None,
     objects: EvalObjects,
     first: str = "center",
     max_clicks: int = 20,
@@ -91,7 +89,10 @@ def simulate_image(
     """Simulate clicking on every object of one image.
 
     Args:
-        image: HxWx3 uint8 RGB.
+        image: HxWx3 uint8 RGB, embedded here and forgotten when done; or None for the image
+            already set on ``predictor``, which the caller shares with its other prompts
+            (``eval prompts``' boxes: the encoder pass is by far the most expensive step) and
+            resets itself.
         objects: ground-truth masks, ignore map and metadata.
         first: ``"center"`` or ``"random"`` first click.
         max_clicks: clicks per object at most (NoC cap); up to 9 clicks every object is
@@ -107,8 +108,9 @@ def simulate_image(
     if max_clicks < 1:
         raise ValueError(f"max_clicks must be >= 1, got {max_clicks}")
     rng = rng if rng is not None else np.random.default_rng(0)
-    predictor.set_image(image)
-    size = (int(image.shape[0]), int(image.shape[1]))
+    if image is not None:
+        predictor.set_image(image)
+    size = predictor.original_size if image is None else (int(image.shape[0]), int(image.shape[1]))
     ignore = objects.ignore
     traces: list[ObjectTrace] = []
     examples: list[dict[str, Any]] = []
@@ -169,7 +171,8 @@ def simulate_image(
                 break
         traces.extend(chunk_traces)
         examples.extend(ex)
-    predictor.reset_image()
+    if image is not None:
+        predictor.reset_image()
     return traces, examples
 
 
@@ -186,61 +189,115 @@ def summarize(traces: Sequence[ObjectTrace], max_clicks: int) -> dict[str, Any]:
     return out
 
 
-def evaluate_dataset(
-    predictor: SamPredictor,
-    images: Sequence[EvalImage],
-    first: str = "center",
-    max_clicks: int = 20,
-    seed: int = 0,
-    progress: Callable[[int], None] | None = None,
-    keep_examples: int = 2,
-    store: resume.ResumeStore | None = None,
-) -> tuple[list[ObjectTrace], list[dict[str, Any]]]:
-    """All objects of all ``images``; the random first click of image i uses seed (seed, i).
+def traces_from_record(rec: dict[str, Any]) -> list[ObjectTrace]:
+    """The traces of one image's stored record (``{"seconds", "traces": [{"meta", "ious"}]}``)."""
+    return [ObjectTrace(meta=t["meta"], ious=t["ious"]) for t in rec["traces"]]
 
-    With a ``store``, images finished by an earlier run are loaded from it and new ones are
-    added to it as they finish. Images that give the example figures are always simulated
-    (the figures need their masks; the simulation is deterministic, so the numbers agree).
+
+class ClickExperiment(runner.Experiment):
+    """Per image: every object clicked up to ``max_clicks`` times; shared by ``eval points`` and ``eval fairness``.
+
+    The random first click of image i of a data set uses seed (seed, i), so a resumed or
+    partial run draws the same clicks as an uninterrupted one. The first images of each data
+    set, up to ``keep_examples`` objects, are always simulated again: the example figures need
+    their masks (the simulation is deterministic, so the numbers agree).
     """
-    traces: list[ObjectTrace] = []
-    examples: list[dict[str, Any]] = []
-    for idx, im in enumerate(images):
-        key = record_key(idx, im)
-        wanted = store is not None and (store.partial or len(examples) >= keep_examples)
-        rec = store.get(key) if wanted else None
-        if store is not None and store.skip(rec):
-            continue
-        if rec is not None:
-            traces.extend(ObjectTrace(meta=t["meta"], ious=t["ious"]) for t in rec["traces"])
-            if progress is not None:
-                progress(1)
-            continue
-        ts = time.time()
-        objs = im.objects()
-        tr: list[ObjectTrace] = []
-        if objs.masks:
-            pixels = im.image()
-            for m in objs.masks:
-                if m.shape != pixels.shape[:2]:
-                    raise ValueError(f"{im.dataset}/{im.image_id}: mask {m.shape} does not match image {pixels.shape[:2]}")
-            rng = np.random.default_rng([seed, idx])
-            tr, ex = simulate_image(predictor, pixels, objs, first, max_clicks, rng, keep_masks=keep_examples - len(examples))
-            for e in ex:
-                e["image"] = pixels
-            traces.extend(tr)
-            examples.extend(ex)
-        if store is not None:
-            store.put(key, {"seconds": time.time() - ts, "traces": [{"meta": t.meta, "ious": t.ious} for t in tr]})
-        if progress is not None:
-            progress(1)
-    return traces, examples
+
+    def __init__(self, predictor: SamPredictor, first: str, max_clicks: int, seed: int, keep_examples: int) -> None:
+        self.predictor = predictor
+        self.first = first
+        self.max_clicks = max_clicks
+        self.seed = seed
+        self.keep_examples = keep_examples
+        self.examples: dict[str, list[dict[str, Any]]] = {}  # data set -> example objects (with pixels)
+
+    def signature(self) -> dict[str, Any]:
+        return _signature(self.predictor, first=self.first, max_clicks=self.max_clicks, seed=self.seed)
+
+    def key(self, dataset: str, index: int, item: EvalImage) -> str:
+        return record_key(index, item)
+
+    def fresh(self, dataset: str, index: int, item: EvalImage) -> bool:
+        return len(self.examples.get(dataset, [])) < self.keep_examples
+
+    def per_image(self, dataset: str, index: int, item: EvalImage) -> dict[str, Any]:
+        examples = self.examples.setdefault(dataset, [])
+        objs, pixels = objects_and_pixels(item)
+        traces: list[ObjectTrace] = []
+        if pixels is not None:
+            rng = np.random.default_rng([self.seed, index])
+            traces, ex = simulate_image(self.predictor, pixels, objs, self.first, self.max_clicks, rng,
+                                        keep_masks=self.keep_examples - len(examples))
+            examples.extend({**e, "image": pixels} for e in ex)
+        return {"traces": [{"meta": t.meta, "ious": t.ious} for t in traces]}
 
 
-def resume_store(
-    out_dir: Path, experiment: str, predictor: SamPredictor, enabled: bool, partial: bool = False, **settings: Any
-) -> resume.ResumeStore:
-    """The store of a click-simulation run: keyed by the model's weights and the simulation settings."""
-    return resume.ResumeStore(out_dir, experiment, _signature(predictor, **settings), enabled=enabled, partial=partial)
+class PointsExperiment(ClickExperiment):
+    """``segany eval points``: mIoU after 1-9 clicks and NoC per data set, their mean, the figures."""
+
+    name = "points"
+    title = "Zero-shot point-to-mask evaluation (paper 7.1 / D.1)"
+
+    def __init__(self, predictor: SamPredictor, first: str = "center", max_clicks: int = 20, seed: int = 0) -> None:
+        if max_clicks < max(CLICK_COUNTS):
+            raise ValueError(
+                f"--max-clicks must be >= {max(CLICK_COUNTS)} (mIoU is reported up to 9 clicks), got {max_clicks}"
+            )
+        super().__init__(predictor, first, max_clicks, seed, keep_examples=2)
+
+    def summarise_dataset(self, dataset: str, finished: list[tuple[Any, dict[str, Any]]]) -> Any:
+        traces = [t for _, rec in finished for t in traces_from_record(rec)]
+        if self.ctx.partial and not traces:
+            return None  # nothing of this data set finished yet
+        if not traces:
+            raise ValueError(f"data set {dataset} has no objects to evaluate")
+        for k, ex in enumerate(self.examples.pop(dataset, [])):
+            _example_png(ex, self.ctx.out_dir / f"example_{dataset}_{k}.png")
+        return {"images": len(finished), **summarize(traces, self.max_clicks)}, traces
+
+    def summarise(self, datasets: dict[str, Any]) -> runner.Summary:
+        per_dataset = {name: s for name, (s, _) in datasets.items()}
+        mean: dict[str, Any] = {
+            t: {"mIoU": {str(n): float(np.mean([r[t]["mIoU"][str(n)] for r in per_dataset.values()]))
+                         for n in CLICK_COUNTS}}
+            for t in TRACKS
+        }
+        mean[NOC_TRACK].update({
+            f"NoC@{int(thr * 100)}": float(np.mean([r[NOC_TRACK][f"NoC@{int(thr * 100)}"] for r in per_dataset.values()]))
+            for thr in NOC_THRESHOLDS
+        })
+        out_dir = self.ctx.out_dir
+        _plot_curves(per_dataset, out_dir / "miou_vs_points.png", f"point-to-mask, {self.first} first click")
+        md = (f"First click: **{self.first}**; later clicks at the deepest error; NoC capped at {self.max_clicks} "
+              "clicks.\n\n")
+        header = (["data set", "images", "objects"] + [f"mIoU@{n}" for n in CLICK_COUNTS]
+                  + ["oracle@1", "oracle@3", "NoC@85", "NoC@90"])
+        rows = []
+        for name, r in {**per_dataset, "mean": {"images": "", "objects": "", **mean}}.items():
+            rows.append(
+                [name, r["images"], r["objects"]]
+                + [100 * r["top"]["mIoU"][str(n)] for n in CLICK_COUNTS]
+                + [100 * r["oracle"]["mIoU"]["1"], 100 * r["oracle"]["mIoU"]["3"], r["top"]["NoC@85"],
+                   r["top"]["NoC@90"]]
+            )
+        md += report.markdown_table(header, rows, digits=1)
+        md += ("\nmIoU in %, \"top\" = the model's most confident of 3 masks at the first click; \"oracle\" = the "
+               "best of 3.\n\n")
+        md += "![mIoU vs points](miou_vs_points.png)\n\n"
+        for name in per_dataset:
+            for k in range(2):
+                if (out_dir / f"example_{name}_{k}.png").exists():
+                    md += f"![{name} example {k}](example_{name}_{k}.png)\n"
+        md += ("\nExamples: prediction after 1 click (left) and 3 clicks (right); yellow = ground truth, green/red = "
+               "fg/bg clicks.\n")
+        settings = {"first_click": self.first, "max_clicks": self.max_clicks, "seed": self.seed,
+                    "click_counts": list(CLICK_COUNTS)}
+        per_object = {
+            name: [{"meta": tr.meta, "iou_top": tr.ious["top"], "iou_oracle": tr.ious["oracle"]} for tr in traces]
+            for name, (_, traces) in datasets.items()
+        }
+        return runner.Summary({"settings": settings, "datasets": per_dataset, "mean": mean}, md,
+                              {"per_object": per_object})
 
 
 def _signature(predictor: SamPredictor, **settings: Any) -> dict[str, Any]:
@@ -359,74 +416,6 @@ def run(
     ``partial``: report only the images finished so far, computing nothing; data sets with
     none finished are left out.
     """
-    if max_clicks < max(CLICK_COUNTS):
-        raise ValueError(f"--max-clicks must be >= {max(CLICK_COUNTS)} (mIoU is reported up to 9 clicks), got {max_clicks}")
-    out_dir = Path(out_dir)
-    store = resume_store(out_dir, "points", predictor, resume_run, partial, first=first, max_clicks=max_clicks,
-                         seed=seed)
-    t0 = time.time()
-    per_dataset: dict[str, dict[str, Any]] = {}
-    all_traces: dict[str, list[ObjectTrace]] = {}
-    total = sum(len(v) for v in datasets.values())
-    with tqdm(total=total, desc="eval points", unit="img", disable=not show_progress) as bar:
-        for name, images in datasets.items():
-            bar.set_postfix_str(name)
-            before = store.loaded
-            traces, examples = evaluate_dataset(predictor, images, first, max_clicks, seed, bar.update, store=store)
-            done = store.loaded - before if partial else len(images)
-            if partial and not traces:
-                continue  # nothing of this data set finished yet
-            if not traces:
-                raise ValueError(f"data set {name} has no objects to evaluate")
-            all_traces[name] = traces
-            per_dataset[name] = {"images": done, **summarize(traces, max_clicks)}
-            for k, ex in enumerate(examples):
-                _example_png(ex, out_dir / f"example_{name}_{k}.png")
-    store.check_partial("images")
-    mean: dict[str, Any] = {
-        t: {"mIoU": {str(n): float(np.mean([r[t]["mIoU"][str(n)] for r in per_dataset.values()])) for n in CLICK_COUNTS}}
-        for t in TRACKS
-    }
-    mean[NOC_TRACK].update({
-        f"NoC@{int(thr * 100)}": float(np.mean([r[NOC_TRACK][f"NoC@{int(thr * 100)}"] for r in per_dataset.values()]))
-        for thr in NOC_THRESHOLDS
-    })
-    seconds = time.time() - t0
-    result = {
-        "experiment": "points",
-        "model": model_info,
-        "settings": {"first_click": first, "max_clicks": max_clicks, "seed": seed, "click_counts": list(CLICK_COUNTS)},
-        "datasets": per_dataset,
-        "mean": mean,
-        "seconds": seconds,
-        "compute_seconds": store.seconds,
-        "images_resumed": store.loaded,
-        "partial": store.partial_info(),
-        "per_object": {
-            name: [{"meta": tr.meta, "iou_top": tr.ious["top"], "iou_oracle": tr.ious["oracle"]} for tr in traces]
-            for name, traces in all_traces.items()
-        },
-    }
-    _plot_curves(per_dataset, out_dir / "miou_vs_points.png", f"point-to-mask, {first} first click")
-    md = report.header_markdown("Zero-shot point-to-mask evaluation (paper 7.1 / D.1)", model_info, command, seconds)
-    md += store.report_line()
-    md += f"First click: **{first}**; later clicks at the deepest error; NoC capped at {max_clicks} clicks.\n\n"
-    header = ["data set", "images", "objects"] + [f"mIoU@{n}" for n in CLICK_COUNTS] + ["oracle@1", "oracle@3", "NoC@85", "NoC@90"]
-    rows = []
-    for name, r in {**per_dataset, "mean": {"images": "", "objects": "", **mean}}.items():
-        rows.append(
-            [name, r["images"], r["objects"]]
-            + [100 * r["top"]["mIoU"][str(n)] for n in CLICK_COUNTS]
-            + [100 * r["oracle"]["mIoU"]["1"], 100 * r["oracle"]["mIoU"]["3"], r["top"]["NoC@85"], r["top"]["NoC@90"]]
-        )
-    md += report.markdown_table(header, rows, digits=1)
-    md += "\nmIoU in %, \"top\" = the model's most confident of 3 masks at the first click; \"oracle\" = the best of 3.\n\n"
-    md += "![mIoU vs points](miou_vs_points.png)\n\n"
-    for name in per_dataset:
-        for k in range(2):
-            if (out_dir / f"example_{name}_{k}.png").exists():
-                md += f"![{name} example {k}](example_{name}_{k}.png)\n"
-    md += "\nExamples: prediction after 1 click (left) and 3 clicks (right); yellow = ground truth, green/red = fg/bg clicks.\n"
-    report.write_json(out_dir / "report.json", result)
-    report.write_text(out_dir / "report.md", md)
-    return result
+    experiment = PointsExperiment(predictor, first, max_clicks, seed)
+    options = runner.RunOptions(out_dir, model_info, command, show_progress, resume_run, partial)
+    return runner.run(experiment, datasets, options)

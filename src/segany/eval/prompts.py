@@ -17,25 +17,25 @@ code (ignore regions such as GrabCut's 128 band and COCO crowds excluded):
 
 The means per data set and over data sets are mIoU (the mean of per-object IoUs; an object
 whose prediction became perfect keeps its IoU for the remaining clicks, as in ``eval points``).
-All objects of an image share one image embedding: the click simulation and the batched box
-prompts run on one encoder pass.
+All objects of an image share one image embedding: the image is set on the predictor once, and
+the click simulation (:func:`segany.eval.points.simulate_image`) and the batched box prompts
+both decode from it.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ..predictor import SamPredictor
-from . import classical, clicks, points, report, resume
-from .datasets import EvalImage, EvalObjects
+from . import classical, clicks, points, report, resume, runner
+from .datasets import EvalImage, EvalObjects, objects_and_pixels
 
 N_CLICKS = 5  # the report's "few clicks"; per-object traces keep every click up to here
 BASELINES = ("grabcut", "box_fill")
@@ -89,30 +89,6 @@ def tight_box(mask: np.ndarray) -> np.ndarray:
     if ys.size == 0:
         raise ValueError("cannot take the box of an empty mask")
     return np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=np.int64)
-
-
-class _SharedEmbedding:
-    """A predictor whose image is already set, presented to :func:`points.simulate_image`.
-
-    ``simulate_image`` embeds the image itself and forgets it when done. Through this view its
-    ``set_image`` / ``reset_image`` do nothing, so the click simulation and the box prompts of an
-    image share one encoder pass (by far the most expensive step), while the simulation code
-    itself, and therefore its numbers, stay exactly those of ``segany eval points``.
-    """
-
-    def __init__(self, predictor: SamPredictor) -> None:
-        self._predictor = predictor
-
-    def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
-        p = self._predictor
-        if not p.is_image_set or (p.orig_h, p.orig_w) != tuple(image.shape[:2]):
-            raise RuntimeError("the shared predictor must already hold this image's embedding")
-
-    def reset_image(self) -> None:
-        """Keep the embedding: the caller resets the real predictor when the image is done."""
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._predictor, name)
 
 
 def model_box_ious(
@@ -202,12 +178,10 @@ def evaluate_image(
     ex_idx = int(np.argmax([int(g.sum()) for g in gts])) if keep_example else None
 
     t = time.perf_counter()
-    predictor.set_image(image)
+    predictor.set_image(image)  # once: the clicks and the boxes decode from the same embedding
     try:
         if traces is None:  # the click simulation first, so it runs exactly as in `eval points`
-            traces, _ = points.simulate_image(
-                cast(SamPredictor, _SharedEmbedding(predictor)), image, objects, "center", max_clicks=N_CLICKS
-            )
+            traces, _ = points.simulate_image(predictor, None, objects, "center", max_clicks=N_CLICKS)
         box_ious, ex_model = model_box_ious(predictor, boxes, gts, ignore, keep=ex_idx)
     finally:
         predictor.reset_image()
@@ -246,72 +220,6 @@ def evaluate_image(
             "image": image, "gt": gts[ex_idx], "ignore": ignore, "box": boxes[ex_idx], "meta": r.meta,
             "model": ex_model, "model_iou": r.model_box, "grabcut": ex_grabcut, "grabcut_iou": r.grabcut_box,
         }
-    return results, example
-
-
-def evaluate_dataset(
-    predictor: SamPredictor,
-    images: Sequence[EvalImage],
-    baselines: Sequence[str] = BASELINES,
-    grabcut_iters: int = classical.ITERATIONS,
-    grabcut_box_context: float | None = classical.BOX_CONTEXT,
-    grabcut_click_context: float | None = classical.CLICK_CONTEXT,
-    seed: int = 0,
-    progress: Callable[[int], None] | None = None,
-    timing: dict[str, float] | None = None,
-    store: resume.ResumeStore | None = None,
-    click_store: resume.ResumeStore | None = None,
-    reused: list[str] | None = None,
-) -> tuple[list[ObjectResult], dict[str, Any] | None]:
-    """All objects of all ``images``; the example comes from the first image that has objects.
-
-    With a ``store``, images finished by an earlier run are loaded (their per-method seconds
-    added to ``timing``) and new ones stored; images are simulated until the example exists.
-    With a ``click_store`` (:func:`segany.eval.points.open_for_reuse`), the model's click
-    traces of the images it holds are read from it instead of simulated again; the keys of
-    those images (stored or new) are appended to ``reused``.
-    """
-    results: list[ObjectResult] = []
-    example = None
-    for idx, im in enumerate(images):
-        key = f"{im.dataset}/{im.image_id}"
-        rec = store.get(key) if store is not None and (store.partial or example is not None) else None
-        if store is not None and store.skip(rec):
-            continue
-        if rec is not None:
-            results.extend(ObjectResult(**r) for r in rec["objects"])
-            if reused is not None and rec.get("clicks_reused"):
-                reused.append(key)
-            if timing is not None:
-                for k, v in rec["timing"].items():
-                    timing[k] = timing.get(k, 0.0) + v
-            if progress is not None:
-                progress(1)
-            continue
-        ts, before = time.time(), dict(timing) if timing is not None else {}
-        n_before = len(results)
-        objs = im.objects()
-        traces = None
-        if objs.masks:
-            pixels = im.image()
-            for m in objs.masks:
-                if m.shape != pixels.shape[:2]:
-                    raise ValueError(f"{im.dataset}/{im.image_id}: mask {m.shape} does not match image {pixels.shape[:2]}")
-            traces = None if click_store is None else points.stored_traces(click_store, idx, im, len(objs.masks))
-            res, ex = evaluate_image(
-                predictor, pixels, objs, baselines, grabcut_iters, grabcut_box_context, grabcut_click_context, seed,
-                example is None, timing, traces,
-            )
-            if traces is not None and reused is not None:
-                reused.append(key)
-            results.extend(res)
-            example = example if example is not None else ex
-        if store is not None:
-            spent = {k: v - before.get(k, 0.0) for k, v in (timing or {}).items()}
-            store.put(key, {"seconds": time.time() - ts, "timing": spent, "clicks_reused": traces is not None,
-                            "objects": [vars(r) for r in results[n_before:]]})
-        if progress is not None:
-            progress(1)
     return results, example
 
 
@@ -419,6 +327,177 @@ def _example_png(ex: dict[str, Any], path: Path) -> None:
     report.save_image(path, np.concatenate(panels, axis=1))
 
 
+@dataclass(frozen=True)
+class Baselines:
+    """Which classical baselines run on every object, and how (``--baselines``, ``--grabcut-*``, ``--seed``)."""
+
+    methods: tuple[str, ...] = BASELINES
+    iters: int = classical.ITERATIONS
+    box_context: float | None = classical.BOX_CONTEXT
+    click_context: float | None = classical.CLICK_CONTEXT
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.methods) - set(BASELINES))
+        if unknown:
+            raise ValueError(f"unknown baseline(s) {unknown}; choose from {list(BASELINES)}")
+        if self.iters < 1:
+            raise ValueError(f"--grabcut-iters must be >= 1, got {self.iters}")
+        for opt, ctx in (("box", self.box_context), ("click", self.click_context)):
+            if ctx is not None and not 0 <= ctx < float("inf"):
+                raise ValueError(f"--grabcut-{opt}-context must be a number >= 0 or 'whole', got {ctx}")
+
+
+class PromptsExperiment(runner.Experiment):
+    """``segany eval prompts``: every method on every object, per image; mIoU per column and data set."""
+
+    name = "prompts"
+    title = "Single-prompt and few-click mIoU: model vs classical baselines"
+
+    def __init__(self, predictor: SamPredictor, baselines: Baselines, clicks_from: Path | None = None) -> None:
+        self.predictor = predictor
+        self.baselines = baselines
+        self.clicks_from = clicks_from
+        self.click_store: resume.ResumeStore | None = None
+        self.examples: dict[str, dict[str, Any] | None] = {}  # data set -> its example (the first image with objects)
+        self.timing: dict[str, float] = {}  # seconds per method, over every image (stored or computed)
+        self.reused = 0  # images whose click columns were read from `eval points` records
+
+    def start(self, ctx: runner.RunContext) -> None:
+        super().start(ctx)
+        if self.clicks_from is not None and not ctx.partial:
+            self.click_store = points.open_for_reuse(self.clicks_from, self.predictor, N_CLICKS)
+
+    def signature(self) -> dict[str, Any]:
+        b = self.baselines
+        return {"model": resume.model_fingerprint(self.predictor.model), "baselines": sorted(b.methods),
+                "grabcut_iters": b.iters, "grabcut_box_context": b.box_context,
+                "grabcut_click_context": b.click_context, "seed": b.seed, "clicks": N_CLICKS}
+
+    def key(self, dataset: str, index: int, item: EvalImage) -> str:
+        return f"{item.dataset}/{item.image_id}"
+
+    def fresh(self, dataset: str, index: int, item: EvalImage) -> bool:
+        return self.examples.get(dataset) is None  # simulated until the example exists
+
+    def per_image(self, dataset: str, index: int, item: EvalImage) -> dict[str, Any]:
+        objs, pixels = objects_and_pixels(item)
+        timing: dict[str, float] = {}
+        results: list[ObjectResult] = []
+        traces = None
+        if pixels is not None:
+            if self.click_store is not None:
+                traces = points.stored_traces(self.click_store, index, item, len(objs.masks))
+            b = self.baselines
+            results, ex = evaluate_image(
+                self.predictor, pixels, objs, b.methods, b.iters, b.box_context, b.click_context, b.seed,
+                self.examples.get(dataset) is None, timing, traces,
+            )
+            if self.examples.get(dataset) is None:
+                self.examples[dataset] = ex
+        return {"timing": timing, "clicks_reused": traces is not None, "objects": [vars(r) for r in results]}
+
+    def summarise_dataset(self, dataset: str, finished: list[tuple[Any, dict[str, Any]]]) -> Any:
+        for _, rec in finished:
+            self.reused += bool(rec.get("clicks_reused"))
+            for k, v in rec["timing"].items():
+                self.timing[k] = self.timing.get(k, 0.0) + v
+        results = [ObjectResult(**o) for _, rec in finished for o in rec["objects"]]
+        if self.ctx.partial and not results:
+            return None  # nothing of this data set finished yet
+        if not results:
+            raise ValueError(f"data set {dataset} has no objects to evaluate")
+        example = self.examples.pop(dataset, None)
+        if example is not None:
+            _example_png(example, self.ctx.out_dir / f"example_{dataset}.png")
+        per_object = [
+            {"meta": r.meta, "box_xyxy": r.box, "model_box": r.model_box, "model_clicks": r.model_clicks,
+             "model_oracle_1pt": r.model_oracle_1pt, "grabcut_box": r.grabcut_box, "box_fill": r.box_fill,
+             "grabcut_clicks": r.grabcut_clicks}
+            for r in results
+        ]
+        return {"images": len(finished), **summarize(results)}, per_object
+
+    def summarise(self, datasets: dict[str, Any]) -> runner.Summary:
+        per_dataset = {name: s for name, (s, _) in datasets.items()}
+        columns = _active_columns(self.baselines.methods)
+        mean: dict[str, Any] = {
+            "mIoU": {
+                k: (None if any(r["mIoU"][k] is None for r in per_dataset.values())
+                    else float(np.mean([r["mIoU"][k] for r in per_dataset.values()])))
+                for k, _ in COLUMNS
+            }
+        }
+        rows = {**per_dataset, "mean": mean}
+        out_dir = self.ctx.out_dir
+        _plot_bars(rows, columns, out_dir / "miou_by_prompt.png", "single prompt and few clicks: model vs classical")
+        fields = {
+            "settings": self._settings(),
+            "columns": {k: h for k, h in columns},
+            "datasets": per_dataset,
+            "mean": mean,
+            "timing_seconds": self.timing,
+            "clicks_from": {"dir": None if self.clicks_from is None else str(self.clicks_from), "images": self.reused},
+        }
+        per_object = {name: objs for name, (_, objs) in datasets.items()}
+        return runner.Summary(fields, self._markdown(rows, list(per_dataset)), {"per_object": per_object})
+
+    def _settings(self) -> dict[str, Any]:
+        b = self.baselines
+        return {
+            "clicks": N_CLICKS,
+            "first_click": "center",
+            "box": "tight XYXY box of the ground-truth mask (last row/column inclusive)",
+            "model_box_multimask": False,
+            "model_clicks": "segany.eval.points.simulate_image, 'top' track",
+            "baselines": list(b.methods),
+            "grabcut_iters": b.iters,
+            "grabcut_box_context": "whole image" if b.box_context is None else b.box_context,
+            "grabcut_click_context": "whole image" if b.click_context is None else b.click_context,
+            "grabcut_min_margin_px": classical.MIN_MARGIN,
+            "grabcut_click_radius_px": classical.CLICK_RADIUS,
+            "grabcut_first_window": classical.FIRST_WINDOW,
+            "seed": b.seed,
+        }
+
+    def _markdown(self, rows: dict[str, dict[str, Any]], names: list[str]) -> str:
+        b = self.baselines
+        md = ""
+        if self.reused:
+            where = "" if self.clicks_from is None else f", `{self.clicks_from}`"
+            md += (
+                f"The model's click columns of {self.reused} images were read from `segany eval points` records "
+                f"(the same simulation and weights{where}), not simulated again.\n\n"
+            )
+        md += (
+            f"Same objects, same IoU code for every column. Box = the ground-truth mask's tight box; 1 pt = "
+            f"the mask centre; {N_CLICKS} clicks = centre, then each click at the deepest error of the "
+            f"method's own previous mask. GrabCut: OpenCV, {b.iters} iterations; box: "
+            f"{_where(b.box_context, 'the box')}; clicks: {classical.CLICK_RADIUS}-px seed disks, "
+            f"first-click prior a square of {classical.FIRST_WINDOW:g} x the shorter image side, "
+            f"{_where(b.click_context, 'the clicked region')}.\n\n"
+        )
+        header = ["data set", "images", "objects"] + [h for _, h in COLUMNS]
+        table = []
+        for name, r in rows.items():
+            table.append(
+                [name, r.get("images", ""), r.get("objects", "")]
+                + [None if r["mIoU"][k] is None else 100 * r["mIoU"][k] for k, _ in COLUMNS]
+            )
+        md += report.markdown_table(header, table, digits=1)
+        md += (
+            "\nmIoU in %; mean = unweighted mean over data sets; '-' = baseline not run. Model 1 pt = the most "
+            f"confident of 3 masks; model 1 pt / {N_CLICKS} clicks equal `segany eval points`' mIoU@1 / "
+            f"mIoU@{N_CLICKS} (first click centre). Ignored: GrabCut's unknown band, COCO crowd regions.\n\n"
+        )
+        md += "![mIoU by prompt](miou_by_prompt.png)\n\n"
+        for name in names:
+            if (self.ctx.out_dir / f"example_{name}.png").exists():
+                md += f"![{name} example](example_{name}.png)\n"
+        md += "\nExamples: the largest object of the first image, box prompt; yellow = ground truth (grey = ignored).\n"
+        return md
+
+
 def run(
     predictor: SamPredictor,
     datasets: dict[str, Sequence[EvalImage]],
@@ -444,125 +523,7 @@ def run(
     finished are read from its records (the same simulation, so the same numbers) and only
     the box prompts and the baselines are computed.
     """
-    unknown = sorted(set(baselines) - set(BASELINES))
-    if unknown:
-        raise ValueError(f"unknown baseline(s) {unknown}; choose from {list(BASELINES)}")
-    if grabcut_iters < 1:
-        raise ValueError(f"--grabcut-iters must be >= 1, got {grabcut_iters}")
-    for opt, ctx in (("box", grabcut_box_context), ("click", grabcut_click_context)):
-        if ctx is not None and not 0 <= ctx < float("inf"):
-            raise ValueError(f"--grabcut-{opt}-context must be a number >= 0 or 'whole', got {ctx}")
-    out_dir = Path(out_dir)
-    store = resume.ResumeStore(
-        out_dir, "prompts",
-        {"model": resume.model_fingerprint(predictor.model), "baselines": sorted(baselines), "grabcut_iters": grabcut_iters,
-         "grabcut_box_context": grabcut_box_context, "grabcut_click_context": grabcut_click_context, "seed": seed,
-         "clicks": N_CLICKS},
-        enabled=resume_run, partial=partial,
-    )
-    click_store = None if clicks_from is None or partial else points.open_for_reuse(clicks_from, predictor, N_CLICKS)
-    reused: list[str] = []
-    t0 = time.time()
-    per_dataset: dict[str, dict[str, Any]] = {}
-    per_object: dict[str, list[dict[str, Any]]] = {}
-    timing: dict[str, float] = {}
-    total = sum(len(v) for v in datasets.values())
-    with tqdm(total=total, desc="eval prompts", unit="img", disable=not show_progress) as bar:
-        for name, images in datasets.items():
-            bar.set_postfix_str(name)
-            before = store.loaded
-            results, example = evaluate_dataset(
-                predictor, images, baselines, grabcut_iters, grabcut_box_context, grabcut_click_context, seed,
-                bar.update, timing, store, click_store, reused,
-            )
-            if partial and not results:
-                continue  # nothing of this data set finished yet
-            if not results:
-                raise ValueError(f"data set {name} has no objects to evaluate")
-            per_dataset[name] = {"images": store.loaded - before if partial else len(images), **summarize(results)}
-            per_object[name] = [
-                {"meta": r.meta, "box_xyxy": r.box, "model_box": r.model_box, "model_clicks": r.model_clicks,
-                 "model_oracle_1pt": r.model_oracle_1pt, "grabcut_box": r.grabcut_box, "box_fill": r.box_fill,
-                 "grabcut_clicks": r.grabcut_clicks}
-                for r in results
-            ]
-            if example is not None:
-                _example_png(example, out_dir / f"example_{name}.png")
-    store.check_partial("images")
-    columns = _active_columns(baselines)
-    mean: dict[str, Any] = {
-        "mIoU": {
-            k: (None if any(r["mIoU"][k] is None for r in per_dataset.values())
-                else float(np.mean([r["mIoU"][k] for r in per_dataset.values()])))
-            for k, _ in COLUMNS
-        }
-    }
-    seconds = time.time() - t0
-    settings = {
-        "clicks": N_CLICKS,
-        "first_click": "center",
-        "box": "tight XYXY box of the ground-truth mask (last row/column inclusive)",
-        "model_box_multimask": False,
-        "model_clicks": "segany.eval.points.simulate_image, 'top' track",
-        "baselines": list(baselines),
-        "grabcut_iters": grabcut_iters,
-        "grabcut_box_context": "whole image" if grabcut_box_context is None else grabcut_box_context,
-        "grabcut_click_context": "whole image" if grabcut_click_context is None else grabcut_click_context,
-        "grabcut_min_margin_px": classical.MIN_MARGIN,
-        "grabcut_click_radius_px": classical.CLICK_RADIUS,
-        "grabcut_first_window": classical.FIRST_WINDOW,
-        "seed": seed,
-    }
-    result = {
-        "experiment": "prompts",
-        "model": model_info,
-        "settings": settings,
-        "columns": {k: h for k, h in columns},
-        "datasets": per_dataset,
-        "mean": mean,
-        "seconds": seconds,
-        "timing_seconds": timing,
-        "compute_seconds": store.seconds,
-        "images_resumed": store.loaded,
-        "clicks_from": {"dir": None if clicks_from is None else str(clicks_from), "images": len(reused)},
-        "partial": store.partial_info(),
-        "per_object": per_object,
-    }
-    rows = {**per_dataset, "mean": mean}
-    _plot_bars(rows, columns, out_dir / "miou_by_prompt.png", "single prompt and few clicks: model vs classical")
-    md = report.header_markdown("Single-prompt and few-click mIoU: model vs classical baselines", model_info, command, seconds)
-    md += store.report_line()
-    if reused:
-        md += (
-            f"The model's click columns of {len(reused)} images were read from `segany eval points` records "
-            f"(the same simulation and weights{'' if clicks_from is None else f', `{clicks_from}`'}), not simulated again.\n\n"
-        )
-    md += (
-        f"Same objects, same IoU code for every column. Box = the ground-truth mask's tight box; 1 pt = "
-        f"the mask centre; {N_CLICKS} clicks = centre, then each click at the deepest error of the "
-        f"method's own previous mask. GrabCut: OpenCV, {grabcut_iters} iterations; box: "
-        f"{_where(grabcut_box_context, 'the box')}; clicks: {classical.CLICK_RADIUS}-px seed disks, "
-        f"first-click prior a square of {classical.FIRST_WINDOW:g} x the shorter image side, "
-        f"{_where(grabcut_click_context, 'the clicked region')}.\n\n"
-    )
-    header = ["data set", "images", "objects"] + [h for _, h in COLUMNS]
-    table = []
-    for name, r in rows.items():
-        table.append(
-            [name, r.get("images", ""), r.get("objects", "")]
-            + [None if r["mIoU"][k] is None else 100 * r["mIoU"][k] for k, _ in COLUMNS]
-        )
-    md += report.markdown_table(header, table, digits=1)
-    md += (
-        "\nmIoU in %; mean = unweighted mean over data sets; '-' = baseline not run. Model 1 pt = the most "
-        f"confident of 3 masks; model 1 pt / {N_CLICKS} clicks equal `segany eval points`' mIoU@1 / "
-        f"mIoU@{N_CLICKS} (first click centre). Ignored: GrabCut's unknown band, COCO crowd regions.\n\n"
-    )
-    md += "![mIoU by prompt](miou_by_prompt.png)\n\n"
-    for name in per_dataset:
-        if (out_dir / f"example_{name}.png").exists():
-            md += f"![{name} example](example_{name}.png)\n"
-    md += "\nExamples: the largest object of the first image, box prompt; yellow = ground truth (grey = ignored).\n"
-    report.write_json(out_dir / "report.json", result)
-    report.write_text(out_dir / "report.md", md)
-    return result
+    settings = Baselines(tuple(baselines), grabcut_iters, grabcut_box_context, grabcut_click_context, seed)
+    experiment = PromptsExperiment(predictor, settings, clicks_from)
+    options = runner.RunOptions(out_dir, model_info, command, show_progress, resume_run, partial)
+    return runner.run(experiment, datasets, options)

@@ -10,22 +10,20 @@ from __future__ import annotations
 
 import contextlib
 import io
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from ..automatic import SamAutomaticMaskGenerator, preset
 from ..masks import coco_encode_rle
 from ..modeling import Sam
-from . import report, resume
+from . import report, resume, runner
 from .datasets import EvalImage
+from .paper import PROPOSALS_AR1000
 
 MAX_DETS = (100, 300, 1000)
-PAPER_AR1000 = 59.3  # SAM ViT-H mask AR@1000 on LVIS v1 (paper table 4), for reference in reports only
 
 
 def coco_recall(gt: Any, results: list[dict[str, Any]], image_ids: Sequence[int], use_cats: bool) -> dict[str, float]:
@@ -51,6 +49,89 @@ def coco_recall(gt: Any, results: list[dict[str, Any]], image_ids: Sequence[int]
 PROPOSAL_SELECTION = "top max_masks by mean(predicted IoU, stability), NaN last; empty masks dropped"
 
 
+class ProposalsExperiment(runner.Experiment):
+    """``segany eval proposals``: the generator's proposals per image, then class-agnostic mask AR."""
+
+    name = "proposals"
+    title = "Zero-shot object proposals (paper 7.3 / D.3)"
+
+    def __init__(self, model: Sam, dataset: str, images: Sequence[EvalImage], points_per_side: int | None = None) -> None:
+        from pycocotools.coco import COCO
+
+        coco_ids = [im.meta.get("coco_id") for im in images]
+        if any(i is None for i in coco_ids):
+            raise ValueError(f"data set {dataset} is not a COCO-format set: proposals need COCO annotations")
+        ann_file = _annotation_file(images)
+        with contextlib.redirect_stdout(io.StringIO()):
+            self.gt = COCO(str(ann_file))
+        self.model = model
+        self.dataset = dataset
+        self.first_id = images[0].image_id if images else None
+        overrides = {} if points_per_side is None else {"points_per_side": points_per_side}
+        self.settings = preset("proposals", **overrides)
+        self.generator = SamAutomaticMaskGenerator(model, output_mode="uncompressed_rle", **self.settings)
+
+    def signature(self) -> dict[str, Any]:
+        # "selection" names how proposals are chosen, so records of the earlier rule (empty masks with
+        # a NaN rank first in the top-1000 cut, and kept as proposals) are recomputed, never mixed in.
+        return {"model": resume.model_fingerprint(self.model), "preset": self.settings,
+                "selection": PROPOSAL_SELECTION}
+
+    def key(self, dataset: str, index: int, item: EvalImage) -> str:
+        return f"{dataset}/{item.image_id}"
+
+    def _figure(self, item: EvalImage) -> Path:
+        return self.ctx.out_dir / f"proposals_{item.image_id}.png"
+
+    def fresh(self, dataset: str, index: int, item: EvalImage) -> bool:
+        return index == 0 and not self._figure(item).is_file()  # the figure needs the masks
+
+    def per_image(self, dataset: str, index: int, item: EvalImage) -> dict[str, Any]:
+        pixels = item.image()
+        recs = self.generator.generate(pixels)
+        props = []
+        for r in recs:
+            if r["area"] == 0:
+                continue  # an empty mask proposes nothing (and its stability score is NaN)
+            seg = coco_encode_rle(r["segmentation"])
+            props.append(
+                {
+                    "image_id": int(item.meta["coco_id"]),
+                    "category_id": 1,
+                    "segmentation": {"size": seg["size"], "counts": seg["counts"]},
+                    "score": (float(r["predicted_iou"]) + float(r["stability_score"])) / 2,
+                }
+            )
+        if index == 0:
+            _proposal_figure(pixels, recs, self._figure(item))
+        return {"proposals": props}
+
+    def summarise(self, datasets: dict[str, Any]) -> runner.Summary:
+        finished = datasets[self.dataset]
+        results = [p for _, rec in finished for p in rec["proposals"]]
+        counts = [len(rec["proposals"]) for _, rec in finished]
+        ids = [int(item.meta["coco_id"]) for item, _ in finished]
+        ar = coco_recall(self.gt, results, ids, use_cats=False)
+        mean_props = float(np.mean(counts)) if counts else 0.0
+        settings = self.settings
+        md = (f"{len(ids)} images of `{self.dataset}`, preset `proposals` ({settings['points_per_side']}x"
+              f"{settings['points_per_side']} grid, NMS {settings['box_nms_thresh']}, no IoU/stability filter, "
+              f"top {settings['max_masks']}); {mean_props:.0f} proposals per image on average.\n\n")
+        md += report.markdown_table(
+            ["mask AR@100", "AR@300", "AR@1000", "AR@1000 small", "medium", "large"],
+            [[100 * ar["100"], 100 * ar["300"], 100 * ar["all"], 100 * ar["small"], 100 * ar["medium"],
+              100 * ar["large"]]],
+            digits=1,
+        )
+        md += (f"\nAR in %, computed by pycocotools (segm, class-agnostic). The paper reports SAM ViT-H AR@1000 "
+               f"{PROPOSALS_AR1000} on LVIS v1.\n\n")
+        if self.first_id is not None and (self.ctx.out_dir / f"proposals_{self.first_id}.png").is_file():
+            md += f"![proposals](proposals_{self.first_id}.png)\n"
+        fields = {"settings": {"dataset": self.dataset, "images": len(ids), **settings}, "AR@1000": ar,
+                  "mean_proposals_per_image": mean_props}
+        return runner.Summary(fields, md)
+
+
 def run(
     model: Sam,
     name: str,
@@ -69,87 +150,9 @@ def run(
     interrupted full run continues where it stopped. ``partial``: AR over the images
     finished so far (pycocotools restricted to their ids), computing nothing.
     """
-    from pycocotools.coco import COCO
-
-    coco_ids = [im.meta.get("coco_id") for im in images]
-    if any(i is None for i in coco_ids):
-        raise ValueError(f"data set {name} is not a COCO-format set: proposals need COCO annotations")
-    ann_file = _annotation_file(images)
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(str(ann_file))
-    overrides = {} if points_per_side is None else {"points_per_side": points_per_side}
-    settings = preset("proposals", **overrides)
-    generator = SamAutomaticMaskGenerator(model, output_mode="uncompressed_rle", **settings)
-    out_dir = Path(out_dir)
-    # "selection" names how proposals are chosen, so records of the earlier rule (empty masks with
-    # a NaN rank first in the top-1000 cut, and kept as proposals) are recomputed, never mixed in.
-    signature = {"model": resume.model_fingerprint(model), "preset": settings, "selection": PROPOSAL_SELECTION}
-    store = resume.ResumeStore(out_dir, "proposals", signature, enabled=resume_run, partial=partial)
-    t0 = time.time()
-    results: list[dict[str, Any]] = []
-    counts = []
-    finished: list[int] = []
-    for k, im in enumerate(tqdm(images, desc="eval proposals", unit="img", disable=not show_progress)):
-        key = f"{name}/{im.image_id}"
-        figure = out_dir / f"proposals_{im.image_id}.png"
-        rec = store.get(key) if partial or k > 0 or figure.is_file() else None
-        if store.skip(rec):
-            continue
-        if rec is None:
-            ts = time.time()
-            pixels = im.image()
-            recs = generator.generate(pixels)
-            props = []
-            for r in recs:
-                if r["area"] == 0:
-                    continue  # an empty mask proposes nothing (and its stability score is NaN)
-                seg = coco_encode_rle(r["segmentation"])
-                props.append(
-                    {
-                        "image_id": int(im.meta["coco_id"]),
-                        "category_id": 1,
-                        "segmentation": {"size": seg["size"], "counts": seg["counts"]},
-                        "score": (float(r["predicted_iou"]) + float(r["stability_score"])) / 2,
-                    }
-                )
-            if k == 0:
-                _proposal_figure(pixels, recs, figure)
-            rec = {"seconds": time.time() - ts, "proposals": props}
-            store.put(key, rec)
-        counts.append(len(rec["proposals"]))
-        results.extend(rec["proposals"])
-        finished.append(int(im.meta["coco_id"]))
-    store.check_partial("images")
-    ar = coco_recall(gt, results, finished, use_cats=False)
-    seconds = time.time() - t0
-    out = {
-        "experiment": "proposals",
-        "model": model_info,
-        "settings": {"dataset": name, "images": len(finished), **settings},
-        "AR@1000": ar,
-        "mean_proposals_per_image": float(np.mean(counts)) if counts else 0.0,
-        "seconds": seconds,
-        "compute_seconds": store.seconds,
-        "images_resumed": store.loaded,
-        "partial": store.partial_info(),
-    }
-    md = report.header_markdown("Zero-shot object proposals (paper 7.3 / D.3)", model_info, command, seconds)
-    md += store.report_line()
-    md += (f"{len(finished)} images of `{name}`, preset `proposals` ({settings['points_per_side']}x"
-           f"{settings['points_per_side']} grid, NMS {settings['box_nms_thresh']}, no IoU/stability filter, "
-           f"top {settings['max_masks']}); {out['mean_proposals_per_image']:.0f} proposals per image on average.\n\n")
-    md += report.markdown_table(
-        ["mask AR@100", "AR@300", "AR@1000", "AR@1000 small", "medium", "large"],
-        [[100 * ar["100"], 100 * ar["300"], 100 * ar["all"], 100 * ar["small"], 100 * ar["medium"], 100 * ar["large"]]],
-        digits=1,
-    )
-    md += (f"\nAR in %, computed by pycocotools (segm, class-agnostic). The paper reports SAM ViT-H AR@1000 "
-           f"{PAPER_AR1000} on LVIS v1.\n\n")
-    if images and (out_dir / f"proposals_{images[0].image_id}.png").is_file():
-        md += f"![proposals](proposals_{images[0].image_id}.png)\n"
-    report.write_json(out_dir / "report.json", out)
-    report.write_text(out_dir / "report.md", md)
-    return out
+    experiment = ProposalsExperiment(model, name, images, points_per_side)
+    options = runner.RunOptions(out_dir, model_info, command, show_progress, resume_run, partial)
+    return runner.run(experiment, {name: images}, options)
 
 
 def _annotation_file(images: Sequence[EvalImage]) -> Path:

@@ -127,9 +127,10 @@ def model_lines(model_info: dict[str, Any]) -> list[str]:
     return lines
 
 
-def header_markdown(title: str, model_info: dict[str, Any], command: str, seconds: float) -> str:
-    """Common report header: what was run, on which model, how long it took."""
-    lines = [f"# {title}", "", f"- command: `{command}`", *model_lines(model_info), f"- wall time: {seconds:.0f} s"]
+def header_markdown(title: str, model_info: dict[str, Any] | None, command: str, seconds: float) -> str:
+    """Common report header: what was run, on which model (None: no model, e.g. edge baselines), how long it took."""
+    models = model_lines(model_info) if model_info is not None else []
+    lines = [f"# {title}", "", f"- command: `{command}`", *models, f"- wall time: {seconds:.0f} s"]
     return "\n".join(lines) + "\n\n"
 
 

@@ -15,7 +15,8 @@ the compute time of the whole run, summed over the sessions that produced it.
 
 A *partial* store (``--partial``) only reads: a report of the images finished so far, while
 the run itself is still going on in another process or waits for the next session. It never
-clears or writes records, and the loops skip the images it does not hold.
+clears or writes records, and the runner (:mod:`segany.eval.runner`) leaves out the images it
+does not hold.
 """
 
 from __future__ import annotations
@@ -133,14 +134,6 @@ class ResumeStore:
                 f"--partial: no finished {what} in {self.dir} for this model and these settings; "
                 "run the command without --partial first (it resumes and stores each image as it finishes)"
             )
-
-    def report_line(self) -> str:
-        """The report's line on compute time and resumed images (a partial report's banner first)."""
-        return report.resume_line(self.seconds, self.loaded, self.skipped if self.partial else None)
-
-    def partial_info(self) -> dict[str, int] | None:
-        """report.json's ``partial`` field: finished and total images, or None for a complete run."""
-        return report.partial_field(self.loaded, self.skipped) if self.partial else None
 
     def put(self, key: str, value: dict[str, Any]) -> None:
         """Store the record of a finished image (atomically); a ``seconds`` field adds to :attr:`seconds`."""

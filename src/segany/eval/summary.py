@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from . import report
+from .paper import EDGES_TABLE3, INSTANCES_AP, PROPOSALS_AR1000
 
 EXPERIMENTS = ("points", "prompts", "edges", "proposals", "instances", "fairness")
 TITLES = {
@@ -108,7 +109,7 @@ def _prompts(data: dict[str, Any]) -> str:
 
 def _edges(data: dict[str, Any]) -> str:
     rows = [[name, m["ODS"], m["OIS"], m["AP"], m["R50"]] for name, m in data["methods"].items()]
-    rows += [[name, m["ODS"], m["OIS"], m["AP"], m["R50"]] for name, m in data.get("paper_table3", {}).items()]
+    rows += [[name, m["ODS"], m["OIS"], m["AP"], m["R50"]] for name, m in EDGES_TABLE3.items()]
     s = data["settings"]
     return (report.markdown_table(["method", "ODS", "OIS", "AP", "R50"], rows)
             + f"\n{s['images']} images of the BSDS500 `{s['split']}` split; (paper) rows: SAM ViT-H and the paper's "
@@ -116,22 +117,18 @@ def _edges(data: dict[str, Any]) -> str:
 
 
 def _proposals(data: dict[str, Any]) -> str:
-    from .proposals import PAPER_AR1000
-
     ar = data["AR@1000"]
     rows = [["this model", _pct(ar.get("100")), _pct(ar.get("300")), _pct(ar["all"]), _pct(ar["small"]),
              _pct(ar["medium"]), _pct(ar["large"])],
-            ["SAM ViT-H (paper, LVIS v1)", None, None, PAPER_AR1000, None, None, None]]
+            ["SAM ViT-H (paper, LVIS v1)", None, None, PROPOSALS_AR1000, None, None, None]]
     return (report.markdown_table(["", "mask AR@100", "AR@300", "AR@1000", "small", "medium", "large"], rows, digits=1)
             + f"\n{data['settings']['images']} images of `{data['settings']['dataset']}`; AR in %, by pycocotools.\n")
 
 
 def _instances(data: dict[str, Any]) -> str:
-    from .instances import PAPER_AP
-
     keys = ("AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L")
     rows = [["this model", *(_pct(data["AP"][k]) for k in keys)],
-            ["SAM ViT-H, ViTDet-H boxes (paper, COCO)", PAPER_AP, None, None, None, None, None]]
+            ["SAM ViT-H, ViTDet-H boxes (paper, COCO)", INSTANCES_AP, None, None, None, None, None]]
     s = data["settings"]
     return (report.markdown_table(["", "mask AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L"], rows, digits=1)
             + f"\n{s['images']} images of `{s['dataset']}`, boxes: {s['boxes']}; AP in %, by pycocotools.\n")
