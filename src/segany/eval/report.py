@@ -106,13 +106,15 @@ def model_description(model: Any, checkpoint: str | None) -> dict[str, Any]:
     """What was evaluated, for the report header (and a loud flag for an untrained model)."""
     trained = bool(getattr(model, "is_trained", True))
     cfg = getattr(model, "config", None)
+    if cfg is not None and getattr(cfg, "encoder_type", "vit") == "cnn":
+        kind = f"CNN encoder (widths {'/'.join(map(str, cfg.cnn_widths))}), {cfg.img_size} px input"
+    elif cfg is not None and hasattr(cfg, "encoder_depth"):
+        kind = f"ViT {cfg.encoder_embed_dim}-d x {cfg.encoder_depth}, {cfg.img_size} px input"
+    else:
+        kind = type(model.image_encoder).__name__
     return {
         "checkpoint": checkpoint or "default (segany_default)",
-        "model_type": (
-            f"ViT {cfg.encoder_embed_dim}-d x {cfg.encoder_depth}, {cfg.img_size} px input"
-            if cfg is not None and hasattr(cfg, "encoder_depth")
-            else type(model.image_encoder).__name__
-        ),
+        "model_type": kind,
         "trained": trained,
         "parameters": int(sum(p.numel() for p in model.parameters())),
     }
