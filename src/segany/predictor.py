@@ -30,12 +30,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch import nn
 
 from .embeddings import load_embedding_file, save_embedding_file
 from .image_io import to_rgb_uint8
-from .modeling import Sam
-from .modeling.fast_decoder import build_image_cache
+from .modeling import MaskDecoder, PromptEncoder, Sam
+from .modeling.cached_decoder import decode_cached, mask_prompt_tokens
+from .modeling.decoder_cache import DecoderImageCache
 from .transforms import ResizeLongestSide
 
 LOW_RES = 256  # side of the decoder's low-resolution logits and of mask_input
@@ -66,7 +66,7 @@ class ImageState:
     features: torch.Tensor  # 1x256x64x64
     original_size: tuple[int, int]
     input_size: tuple[int, int]
-    decoder_cache: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+    decoder_cache: DecoderImageCache | None = field(default=None, repr=False)
     # which decoder (module id, dtype) built decoder_cache: a half-precision model decodes
     # through a float32 copy, and a cache of one must not serve the other
     decoder_cache_owner: tuple[int, torch.dtype] | None = field(default=None, repr=False)
@@ -94,7 +94,7 @@ class SamPredictor:
         self.decoder_dtype = decoder_dtype
         self.transform = ResizeLongestSide(sam_model.image_encoder.img_size)
         self._batch: list[ImageState] = []
-        self._decode_copy: tuple[tuple, nn.Module, nn.Module] | None = None
+        self._decode_copy: tuple[tuple, PromptEncoder, MaskDecoder] | None = None
         self.reset_image()
 
     # ------------------------------------------------------------------ image embedding
@@ -173,7 +173,7 @@ class SamPredictor:
             return self.decoder_dtype
         return torch.float32 if model_dtype in (torch.float16, torch.bfloat16) else model_dtype
 
-    def _decode_modules(self) -> tuple[nn.Module, nn.Module]:
+    def _decode_modules(self) -> tuple[PromptEncoder, MaskDecoder]:
         """(prompt encoder, mask decoder) to decode with: the model's own when they already
         run in :meth:`_decoder_dtype`, else a copy in that dtype, rebuilt whenever the
         model's parameters change (a new state dict, an optimiser step, ``.to()``)."""
@@ -292,28 +292,18 @@ class SamPredictor:
         sparse, dense = prompt_encoder(points=points, boxes=boxes, masks=mask_input, text=text_embedding)
         features = state.features if state.features.dtype == dtype else state.features.to(dtype)
         image_pe = prompt_encoder.get_dense_pe()
-        # Prompt-independent decoder work (the first layer's image projections with the
-        # no-mask dense prompt, re-laid-out weights) is computed once per image. A mask prompt
-        # makes the image tokens per-prompt: they ride along as ``prompt_src``.
-        cache = None  # the autograd path with a mask prompt recomputes everything from the dense prompt
-        if mask_input is None or not torch.is_grad_enabled():
-            owner = (id(mask_decoder), dtype)
-            if state.decoder_cache is None or state.decoder_cache_owner != owner:
-                no_mask = prompt_encoder.no_mask_dense(1, tuple(features.shape[-2:]))
-                state.decoder_cache = build_image_cache(mask_decoder, features + no_mask, image_pe)
-                state.decoder_cache_owner = owner
-            cache = state.decoder_cache
-            if mask_input is not None:
-                src = (features + dense).flatten(2).transpose(1, 2)
-                cache = {**cache, "prompt_src": src.expand(len(sparse), -1, -1) if src.shape[0] == 1 else src}
-        low_res, iou = mask_decoder(
-            image_embeddings=features,
-            image_pe=image_pe,
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=multimask_output,
-            image_cache=cache,
-        )
+        if torch.is_grad_enabled():
+            # The cached path is inference-only; with autograd on, the official computation.
+            low_res, iou = mask_decoder(features, image_pe, sparse, dense, multimask_output)
+        else:
+            low_res, iou = decode_cached(
+                mask_decoder,
+                self._decoder_cache(state, prompt_encoder, mask_decoder, features, image_pe),
+                sparse,
+                mask_decoder.output_slice(multimask_output),
+                # a mask prompt makes the image tokens per-prompt
+                None if mask_input is None else mask_prompt_tokens(features, dense, len(sparse)),
+            )
         # Scores and logits leave in float32 whatever the model's dtype (a no-op for fp32
         # models): numpy has no bfloat16, and the upsampling then interpolates in float32.
         low_res, iou = low_res.float(), iou.float()
@@ -321,6 +311,24 @@ class SamPredictor:
         if not return_logits:
             masks = masks > self.model.mask_threshold
         return masks, iou, low_res
+
+    @staticmethod
+    def _decoder_cache(
+        state: ImageState,
+        prompt_encoder: PromptEncoder,
+        mask_decoder: MaskDecoder,
+        features: torch.Tensor,
+        image_pe: torch.Tensor,
+    ) -> DecoderImageCache:
+        """The prompt-independent decoder work for ``state``'s image (the first layer's image
+        projections with the no-mask dense prompt, re-laid-out weights), built on first use
+        and kept until the image or the decoding modules change."""
+        owner = (id(mask_decoder), features.dtype)
+        if state.decoder_cache is None or state.decoder_cache_owner != owner:
+            no_mask = prompt_encoder.no_mask_dense(1, tuple(features.shape[-2:]))
+            state.decoder_cache = DecoderImageCache.build(mask_decoder, features + no_mask, image_pe)
+            state.decoder_cache_owner = owner
+        return state.decoder_cache
 
     def _predict_numpy(
         self,

@@ -37,10 +37,10 @@ from ..masks import (
     rle_to_mask,
 )
 from ..modeling import Sam
-from ..modeling.fast_decoder import DECODE_CHUNK
-from ..modeling.sam import _source_extent
+from ..modeling.cached_decoder import DECODE_CHUNK, cached_masks, cached_transformer
+from ..modeling.decoder_cache import DecoderImageCache
+from ..modeling.mask_upsampling import low_res_extent
 from ..predictor import SamPredictor
-from .decoder import GridDecoder
 from .filters import clean_mask, crop_nms_scores, is_box_near_crop_edge, nms, proposal_rank, stability_score
 from .grid import build_all_layer_point_grids, generate_crop_boxes, grid_points_for_crop
 
@@ -269,11 +269,15 @@ class SamAutomaticMaskGenerator:
         self.predictor.set_image(crop)
         crop_size = (int(crop.shape[0]), int(crop.shape[1]))
         points = grid_points_for_crop(self.point_grids[layer_idx], crop_box)
-        decoder = GridDecoder(self.model, self.predictor.features)
+        prompt_encoder = self.model.prompt_encoder
+        features = self.predictor.features
+        cache = DecoderImageCache.build(
+            self.model.mask_decoder, features + prompt_encoder.no_mask_dense(1), prompt_encoder.get_dense_pe()
+        )
         parts = []
         for start in range(0, len(points), self.points_per_batch):
             batch = points[start : start + self.points_per_batch]
-            parts.append(self._process_batch(decoder, batch, crop_size, crop_box, orig_size))
+            parts.append(self._process_batch(cache, batch, crop_size, crop_box, orig_size))
         self.predictor.reset_image()
         data = MaskSet.cat(parts)
         if len(data):
@@ -285,44 +289,48 @@ class SamAutomaticMaskGenerator:
         return data
 
     def _decode(
-        self, decoder: GridDecoder, points: np.ndarray, crop_size: tuple[int, int]
+        self, cache: DecoderImageCache, points: np.ndarray, crop_size: tuple[int, int]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Decoder on single-point prompts. Returns (iou_preds Bx3, prompt indices K whose
-        masks were computed, low-res logits Kx3x256x256): only prompts with an output above
-        ``pred_iou_thresh`` get masks (the IoU head does not look at them)."""
+        """Decoder on single-point prompts, through the exact cached path. Returns (iou_preds
+        Bx3, prompt indices K whose masks were computed, low-res logits Kx3x256x256).
+
+        The work is split where the filters allow: predicted IoUs first, then the 4x
+        upscaling and hypernetwork heads only for the prompts with an output above
+        ``pred_iou_thresh`` (the IoU head does not look at the masks), and only for the
+        low-res rows/columns that upsampling to this crop reads."""
+        decoder = self.model.mask_decoder
+        multimask = decoder.output_slice(True)
         coords = torch.as_tensor(self.predictor.transform.apply_coords(points, crop_size), device=self.predictor.device)
         labels = torch.ones(coords.shape[0], dtype=torch.int, device=coords.device)
         sparse, _ = self.model.prompt_encoder(points=(coords[:, None, :], labels[:, None]), boxes=None, masks=None)
-        # Only the low-res rows/columns that upsampling to this crop reads are computed.
-        factor = self.model.img_size / (4 * decoder.h)
-        rows = _source_extent(self.predictor.input_size[0], 4 * decoder.h, factor)
-        cols = _source_extent(self.predictor.input_size[1], 4 * decoder.w, factor)
+        low_size = (4 * cache.grid[0], 4 * cache.grid[1])
+        rows, cols = low_res_extent(self.predictor.input_size, low_size, self.model.img_size)
         ious, needed, lows = [], [], []
         for s in range(0, len(sparse), DECODE_CHUNK):  # small groups stay in the CPU caches
-            hs, keys = decoder.transformer(sparse[s : s + DECODE_CHUNK])
-            iou_preds = decoder.iou(hs)
+            hs, keys = cached_transformer(decoder, cache, sparse[s : s + DECODE_CHUNK])
+            iou_preds = decoder.predict_iou(hs, multimask)
             if self.pred_iou_thresh > 0.0:
                 need = (iou_preds > self.pred_iou_thresh).any(dim=1).nonzero().flatten()
             else:
                 need = torch.arange(len(iou_preds))
             if len(need):
-                lows.append(decoder.masks(hs[need], keys[need], rows, cols))
+                lows.append(cached_masks(decoder, cache, hs[need], keys[need], multimask, rows, cols))
             ious.append(iou_preds)
             needed.append(need + s)
         iou_all = torch.cat(ious)
         if not lows:
-            return iou_all, torch.zeros(0, dtype=torch.long), torch.zeros(0, iou_all.shape[1], 4 * decoder.h, 4 * decoder.w)
+            return iou_all, torch.zeros(0, dtype=torch.long), torch.zeros(0, iou_all.shape[1], *low_size)
         return iou_all, torch.cat(needed), torch.cat(lows)
 
     def _process_batch(
         self,
-        decoder: GridDecoder,
+        cache: DecoderImageCache,
         points: np.ndarray,
         crop_size: tuple[int, int],
         crop_box: list[int],
         orig_size: tuple[int, int],
     ) -> MaskSet:
-        iou_all, needed, low_res = self._decode(decoder, points, crop_size)
+        iou_all, needed, low_res = self._decode(cache, points, crop_size)
         n_out = iou_all.shape[1]
         # Flatten to one row per (prompt, output), prompt-major as the reference does.
         iou = iou_all[needed].flatten()

@@ -24,9 +24,12 @@ M is 4 (the single-output mask 0 followed by the three multimask outputs) unless
 ``return_single_mask`` picks one: the best multimask output for a single click, mask 0
 when more prompts disambiguate (the rule of the paper's interactive setting).
 
-Computation is written out here (not by calling ``PromptEncoder.forward``) because the
-ONNX graph must branch with arithmetic instead of Python ``if``s on tensor values; the
-numerics are the same as the PyTorch predictor's to float32 precision (tested to 1e-4).
+The prompt encoder is not called through ``PromptEncoder.forward``, whose Python ``if``s
+on the prompt kinds cannot be traced into one graph: the point tokens come from its one
+token embedder (``PromptEncoder.embed_point_tokens``, box corners as labels 2/3), the mask
+prompt is blended in with arithmetic on ``has_mask_input``, and the decoder is the
+reference :class:`~segany.modeling.mask_decoder.MaskDecoder`. The numerics are the same as
+the PyTorch predictor's to float32 precision (tested to 1e-4).
 """
 
 from __future__ import annotations
@@ -82,20 +85,6 @@ class SamOnnxDecoder(nn.Module):
         with torch.no_grad():
             self.register_buffer("dense_pe", self.prompt_encoder.pe_layer(self.prompt_encoder.image_embedding_size)[None])
 
-    def _sparse_embeddings(self, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """1xNx2 input-frame points with 1xN labels -> 1xNx256 tokens (labels select the
-        learned embedding added to the positional encoding; -1 replaces it)."""
-        pe_layer = self.prompt_encoder.pe_layer
-        size = float(self.img_size)
-        normalised = (coords + 0.5) / size
-        pe = pe_layer._pe_encoding(normalised)
-        lab = labels.unsqueeze(-1)
-        is_pad = (lab == -1).to(pe.dtype)
-        out = pe * (1.0 - is_pad) + self.prompt_encoder.not_a_point_embed.weight * is_pad
-        for i, emb in enumerate(self.prompt_encoder.point_embeddings):
-            out = out + emb.weight * (lab == i).to(pe.dtype)
-        return out
-
     def _dense_embeddings(self, mask_input: torch.Tensor, has_mask_input: torch.Tensor) -> torch.Tensor:
         """Mask prompt embedding, or the learned 'no mask' embedding when has_mask_input is 0."""
         from_mask = self.prompt_encoder.mask_downscaling(mask_input)
@@ -142,7 +131,8 @@ class SamOnnxDecoder(nn.Module):
         has_mask_input: torch.Tensor,
         orig_im_size: torch.Tensor,
     ) -> tuple[torch.Tensor, ...]:
-        sparse = self._sparse_embeddings(point_coords, point_labels)
+        # labels 2/3 (box corners) share the point tensor, as in the official ONNX model
+        sparse = self.prompt_encoder.embed_point_tokens(point_coords, point_labels)
         dense = self._dense_embeddings(mask_input, has_mask_input)
         low_res, iou = self.mask_decoder.predict_masks(image_embeddings, self.dense_pe, sparse, dense)
         if self.use_stability_score:

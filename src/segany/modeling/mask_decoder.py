@@ -6,6 +6,12 @@ each mask token passes through its own 3-layer hypernetwork MLP to give the weig
 dynamic linear classifier over the upscaled channels, and the IoU token predicts one IoU
 per mask. Mask 0 is the single-output mask (used when several prompts disambiguate);
 masks 1-3 are the whole/part/subpart outputs for an ambiguous single prompt.
+
+:class:`MaskDecoder` computes exactly what the official one does (the path for training
+and the one the tests hold against the reference). Its output-token, hypernetwork and IoU
+heads are public methods because the exact cached inference path
+(:mod:`segany.modeling.cached_decoder`) runs them unchanged and re-associates only the
+attention and the upscaling.
 """
 
 from __future__ import annotations
@@ -48,6 +54,44 @@ class MaskDecoder(nn.Module):
         )
         self.iou_prediction_head = MLP(transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth)
 
+    @staticmethod
+    def output_slice(multimask_output: bool) -> slice:
+        """The mask tokens a call returns: 1..3 (whole/part/subpart) for an ambiguous
+        prompt, else token 0 alone."""
+        return slice(1, None) if multimask_output else slice(0, 1)
+
+    def output_tokens(self, sparse_prompt_embeddings: torch.Tensor) -> torch.Tensor:
+        """BxNxC prompt tokens -> Bx(1+M+N)xC transformer queries: the IoU token, the M mask
+        tokens, then the prompts (cast to the decoder's dtype)."""
+        b = sparse_prompt_embeddings.shape[0]
+        output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
+        output_tokens = output_tokens.unsqueeze(0).expand(b, -1, -1)
+        return torch.cat((output_tokens, sparse_prompt_embeddings.to(output_tokens.dtype)), dim=1)
+
+    def hypernetwork_weights(self, hs: torch.Tensor, mask_slice: slice = slice(None)) -> torch.Tensor:
+        """Transformer output tokens BxTxC -> BxMx(C/8): per selected mask token, the weights
+        of its linear classifier over the upscaled channels.
+
+        Only the selected hypernetworks run: each mask depends on its own token alone, so
+        skipping the unused ones changes nothing but the time.
+        """
+        indices = range(self.num_mask_tokens)[mask_slice]
+        return torch.stack([self.output_hypernetworks_mlps[i](hs[:, 1 + i, :]) for i in indices], dim=1)
+
+    def mask_logits(self, hs: torch.Tensor, image: torch.Tensor, mask_slice: slice = slice(None)) -> torch.Tensor:
+        """Transformer output tokens BxTxC and image tokens BxCxhxw -> BxMx(4h)x(4w) logits:
+        the 4x upscaled image tokens classified per pixel by each selected mask token's
+        hypernetwork weights. Any h x w works (the upscaling is local to each pixel)."""
+        upscaled = self.output_upscaling(image)
+        hyper_in = self.hypernetwork_weights(hs, mask_slice)
+        b, uc, uh, uw = upscaled.shape
+        return (hyper_in @ upscaled.reshape(b, uc, uh * uw)).reshape(b, -1, uh, uw)
+
+    def predict_iou(self, hs: torch.Tensor, mask_slice: slice = slice(None)) -> torch.Tensor:
+        """Transformer output tokens BxTxC -> BxM predicted IoUs of the selected masks (the
+        IoU head reads the IoU token only, never the masks)."""
+        return self.iou_prediction_head(hs[:, 0, :])[:, mask_slice]
+
     def forward(
         self,
         image_embeddings: torch.Tensor,
@@ -55,34 +99,27 @@ class MaskDecoder(nn.Module):
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
         multimask_output: bool,
-        image_cache: dict[str, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """
+        """The official computation (training, the batched ``Sam.forward``, ONNX export).
+
+        Interactive inference goes through the exact cached path of
+        :mod:`segany.modeling.cached_decoder` instead, which needs no autograd.
+
         Args:
             image_embeddings: 1xCxHxW (shared by every prompt set) or BxCxHxW (one per set).
             image_pe: 1xCxHxW positional encoding of the embedding grid.
             sparse_prompt_embeddings: BxNxC.
             dense_prompt_embeddings: BxCxHxW (or 1xCxHxW).
             multimask_output: return masks 1..3 instead of mask 0.
-            image_cache: prompt-independent tensors for this image embedding *plus* this dense
-                prompt: first-layer projections (:meth:`TwoWayTransformer.image_projections`),
-                or the full cache of :func:`fast_decoder.build_image_cache`, which selects the
-                exact re-associated inference path when autograd is off.
         Returns:
             low-res mask logits BxMx(4H)x(4W) and IoU predictions BxM, M = 3 or 1.
         """
-        mask_slice = slice(1, None) if multimask_output else slice(0, 1)
-        if image_cache is not None and "keys" in image_cache and not torch.is_grad_enabled():
-            from .fast_decoder import decode_cached
-
-            return decode_cached(self, image_cache, sparse_prompt_embeddings, mask_slice)
         return self.predict_masks(
             image_embeddings,
             image_pe,
             sparse_prompt_embeddings,
             dense_prompt_embeddings,
-            mask_slice=mask_slice,
-            image_cache=image_cache,
+            mask_slice=self.output_slice(multimask_output),
         )
 
     def predict_masks(
@@ -92,20 +129,13 @@ class MaskDecoder(nn.Module):
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
         mask_slice: slice = slice(None),
-        image_cache: dict[str, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """All-output form (``mask_slice`` selects which mask tokens to decode).
-
-        Only the selected hypernetworks run: each mask depends on its own token alone, so
-        skipping the unused ones changes nothing but the time.
-        """
+        """All-output form of :meth:`forward` (``mask_slice`` selects the mask tokens to decode)."""
         b = sparse_prompt_embeddings.shape[0]
-        output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
-        output_tokens = output_tokens.unsqueeze(0).expand(b, -1, -1)
-        tokens = torch.cat((output_tokens, sparse_prompt_embeddings.to(output_tokens.dtype)), dim=1)
+        tokens = self.output_tokens(sparse_prompt_embeddings)
         # Every input in the decoder's dtype (no-ops for float32): an encoder or embedding
         # file in another precision must not turn the sums below into mixed-dtype matmuls.
-        dtype = output_tokens.dtype
+        dtype = tokens.dtype
         image_embeddings = image_embeddings.to(dtype)
         image_pe = image_pe.to(dtype)
         dense_prompt_embeddings = dense_prompt_embeddings.to(dtype)
@@ -119,16 +149,6 @@ class MaskDecoder(nn.Module):
         if src.shape[0] != b:
             src = src.expand(b, -1, -1, -1)
         _, c, h, w = src.shape
-        hs, src = self.transformer(src, image_pe, tokens, image_cache=image_cache)
-        iou_token_out = hs[:, 0, :]
-        mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
-
-        upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
-        indices = range(self.num_mask_tokens)[mask_slice]
-        hyper_in = torch.stack(
-            [self.output_hypernetworks_mlps[i](mask_tokens_out[:, i, :]) for i in indices], dim=1
-        )
-        _, uc, uh, uw = upscaled.shape
-        masks = (hyper_in @ upscaled.reshape(b, uc, uh * uw)).reshape(b, -1, uh, uw)
-        iou_pred = self.iou_prediction_head(iou_token_out)[:, mask_slice]
-        return masks, iou_pred
+        hs, src = self.transformer(src, image_pe, tokens)
+        masks = self.mask_logits(hs, src.transpose(1, 2).reshape(b, c, h, w), mask_slice)
+        return masks, self.predict_iou(hs, mask_slice)

@@ -125,25 +125,37 @@ class PromptEncoder(nn.Module):
             self._dense_pe_cache = (key, pe)
         return self._dense_pe_cache[1]
 
+    def embed_point_tokens(self, coords: torch.Tensor, labels: torch.Tensor, num_labels: int = 4) -> torch.Tensor:
+        """The one point/box-corner token embedder: BxNx2 pixel coordinates (x, y) in the
+        input frame with BxN labels -> BxNxC tokens.
+
+        A token is the Fourier encoding of the pixel centre plus the learned embedding of
+        its label: -1 padding (the learned ``not_a_point_embed`` *replaces* the encoding),
+        0 background, 1 foreground, 2 box top-left, 3 box bottom-right. Labels from
+        ``num_labels`` up get the bare encoding: the official encoder gives point prompts
+        (``num_labels=2``) only labels -1/0/1, while the ONNX graph and training put box
+        corners in the same tensor as points (the transformer does not depend on token
+        order). Labels may be integers or floats (the ONNX contract).
+        """
+        pe = self.pe_layer.forward_with_coords(coords + 0.5, self.input_image_size)  # shift to the pixel centre
+        lab = labels[..., None]
+        pe = torch.where(lab == -1, self.not_a_point_embed.weight, pe)
+        for k in range(num_labels):
+            pe = torch.where(lab == k, pe + self.point_embeddings[k].weight, pe)
+        return pe
+
     def _embed_points(self, points: torch.Tensor, labels: torch.Tensor, pad: bool) -> torch.Tensor:
         """BxNx2 points (input frame) with BxN labels (1 fg, 0 bg, -1 padding) -> BxN'xC."""
-        points = points + 0.5  # shift to the pixel centre
         if pad:
             points = torch.cat([points, points.new_zeros((points.shape[0], 1, 2))], dim=1)
             labels = torch.cat([labels, -labels.new_ones((labels.shape[0], 1))], dim=1)
-        pe = self.pe_layer.forward_with_coords(points, self.input_image_size)
-        lab = labels[..., None]
-        pe = torch.where(lab == -1, self.not_a_point_embed.weight, pe)
-        pe = torch.where(lab == 0, pe + self.point_embeddings[0].weight, pe)
-        pe = torch.where(lab == 1, pe + self.point_embeddings[1].weight, pe)
-        return pe
+        return self.embed_point_tokens(points, labels, num_labels=2)
 
     def _embed_boxes(self, boxes: torch.Tensor) -> torch.Tensor:
         """Bx4 boxes XYXY (input frame) -> Bx2xC corner tokens."""
-        corners = (boxes + 0.5).reshape(-1, 2, 2)
-        pe = self.pe_layer.forward_with_coords(corners, self.input_image_size)
-        corner_embed = torch.cat([self.point_embeddings[2].weight, self.point_embeddings[3].weight], dim=0)
-        return pe + corner_embed
+        corners = boxes.reshape(-1, 2, 2)
+        labels = torch.tensor([[2, 3]], device=corners.device).expand(corners.shape[0], 2)
+        return self.embed_point_tokens(corners, labels)
 
     def _embed_masks(self, masks: torch.Tensor) -> torch.Tensor:
         """Bx1x256x256 mask logits -> Bx256x64x64 dense embedding (in this module's dtype:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .mask_decoder import MaskDecoder
+from .mask_upsampling import upsample_low_res
 from .prompt_encoder import PromptEncoder
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)
@@ -96,30 +97,10 @@ class Sam(nn.Module):
         """Low-res logits BxCx256x256 -> BxCxHxW logits in the original frame.
 
         Same result as upsampling to the padded square, cropping the input region and
-        resizing to the original size, but the padding is never computed.
+        resizing to the original size, but the padding is never computed
+        (:func:`segany.modeling.mask_upsampling.upsample_low_res`).
         """
-        size = self.img_size
-        h_in, w_in = int(input_size[0]), int(input_size[1])
-        if masks.dtype in (torch.float16, torch.bfloat16):
-            # Half-precision logits are upsampled in float32: the interpolation weights of a
-            # bf16 kernel would move the 0-threshold crossing, and the result is returned as
-            # float32 anyway.
-            masks = masks.float()
-        b, c, low_h, low_w = masks.shape
-        # One channel per batch item: PyTorch's CPU bilinear kernel is several times slower
-        # for multi-channel NCHW input than for the same data as N*C single-channel images.
-        x = masks.reshape(b * c, 1, low_h, low_w)
-        factor = size / low_w
-        rows = _source_extent(h_in, low_h, factor)
-        cols = _source_extent(w_in, low_w, factor)
-        if rows == low_h and cols == low_w:
-            up = F.interpolate(x, (size, size), mode="bilinear", align_corners=False)[..., :h_in, :w_in]
-        else:
-            # Upsample only the source rows/cols that reach the crop, straight to the crop's
-            # size, with the full image's scale (so the sampling positions are unchanged).
-            up = torch.ops.aten.upsample_bilinear2d(x[..., :rows, :cols], [h_in, w_in], False, factor, factor)
-        out = F.interpolate(up, (int(original_size[0]), int(original_size[1])), mode="bilinear", align_corners=False)
-        return out.reshape(b, c, out.shape[-2], out.shape[-1])
+        return upsample_low_res(masks, input_size, original_size, self.img_size)
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise a 3xHxW (or Bx3xHxW) input-frame image and pad it to the square.
@@ -146,12 +127,3 @@ def _floating_dtype(module: nn.Module) -> torch.dtype | None:
             return p.dtype
     return None
 
-
-def _source_extent(out_len: int, in_len: int, factor: float) -> int:
-    """Number of leading source samples that bilinear upsampling by ``factor`` reads to
-    produce the first ``out_len`` outputs (align_corners=False), plus one sample of margin
-    so the right-edge clamp never differs from upsampling the full source."""
-    if factor != int(factor) or out_len <= 0:
-        return in_len
-    src = (out_len - 0.5) / factor - 0.5
-    return min(in_len, int(src) + 3)

@@ -30,25 +30,35 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(embedding_dim, self.internal_dim)
         self.out_proj = nn.Linear(self.internal_dim, embedding_dim)
 
-    def _separate_heads(self, x: Tensor) -> Tensor:
+    def separate_heads(self, x: Tensor) -> Tensor:
+        """B x N x (heads*c) -> B x heads x N x c (a view when ``x`` is contiguous)."""
         b, n, c = x.shape
         return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
 
     @staticmethod
-    def _recombine_heads(x: Tensor) -> Tensor:
+    def recombine_heads(x: Tensor) -> Tensor:
+        """B x heads x N x c -> B x N x (heads*c), the inverse of :meth:`separate_heads`."""
         b, h, n, c = x.shape
         return x.transpose(1, 2).reshape(b, n, h * c)
 
+    # The official module's names, for code written against ``segment_anything``.
+    _separate_heads = separate_heads
+    _recombine_heads = recombine_heads
+
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        q = self._separate_heads(self.q_proj(q))
-        k = self._separate_heads(self.k_proj(k))
-        v = self._separate_heads(self.v_proj(v))
+        q = self.separate_heads(self.q_proj(q))
+        k = self.separate_heads(self.k_proj(k))
+        v = self.separate_heads(self.v_proj(v))
         return self.attend(q, k, v)
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """Attention on already projected, head-separated q/k/v (B x heads x N x C)."""
+        """Attention on already projected, head-separated q/k/v (B x heads x N x c).
+
+        Split from :meth:`forward` so that projections computed once per image (see
+        :class:`segany.modeling.decoder_cache.DecoderImageCache`) can be attended over.
+        """
         out = F.scaled_dot_product_attention(q, k, v)
-        return self.out_proj(self._recombine_heads(out))
+        return self.out_proj(self.recombine_heads(out))
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -74,46 +84,28 @@ class TwoWayAttentionBlock(nn.Module):
         self.cross_attn_image_to_token = Attention(embedding_dim, num_heads, attention_downsample_rate)
         self.skip_first_layer_pe = skip_first_layer_pe
 
-    def forward(
-        self,
-        queries: Tensor,
-        keys: Tensor,
-        query_pe: Tensor,
-        key_pe: Tensor,
-        image_cache: dict[str, Tensor] | None = None,
-    ) -> tuple[Tensor, Tensor]:
-        """``image_cache`` holds projections of ``keys``/``keys + key_pe`` computed earlier for
-        the same image (see :meth:`TwoWayTransformer.image_projections`); they are identical to
-        what this call would compute, so passing them only saves time."""
+    def token_self_attention(self, queries: Tensor, query_pe: Tensor) -> Tensor:
+        """The block's first step, on the prompt tokens alone (BxTxC): self-attention and
+        norm. The first layer has no residual or PE here (its queries *are* the PE). Public
+        because it involves no image token, so the cached inference path runs it as is."""
         if self.skip_first_layer_pe:
             queries = self.self_attn(q=queries, k=queries, v=queries)
         else:
             q = queries + query_pe
             queries = queries + self.self_attn(q=q, k=q, v=queries)
-        queries = self.norm1(queries)
+        return self.norm1(queries)
 
-        t2i = self.cross_attn_token_to_image
+    def forward(self, queries: Tensor, keys: Tensor, query_pe: Tensor, key_pe: Tensor) -> tuple[Tensor, Tensor]:
+        """(queries BxTxC, keys BxNxC) -> updated (queries, keys); the PEs are re-added to
+        queries and keys at every attention."""
+        queries = self.token_self_attention(queries, query_pe)
         q = queries + query_pe
-        if image_cache is not None:
-            k_heads, v_heads = image_cache["t2i_k"], image_cache["t2i_v"]
-            k_heads = k_heads.expand(q.shape[0], -1, -1, -1)
-            v_heads = v_heads.expand(q.shape[0], -1, -1, -1)
-            attn_out = t2i.attend(t2i._separate_heads(t2i.q_proj(q)), k_heads, v_heads)
-        else:
-            k = keys + key_pe
-            attn_out = t2i(q=q, k=k, v=keys)
-        queries = self.norm2(queries + attn_out)
+        k = keys + key_pe
+        queries = self.norm2(queries + self.cross_attn_token_to_image(q=q, k=k, v=keys))
         queries = self.norm3(queries + self.mlp(queries))
 
-        i2t = self.cross_attn_image_to_token
         q = queries + query_pe
-        if image_cache is not None:
-            img_q = image_cache["i2t_q"].expand(q.shape[0], -1, -1, -1)
-            attn_out = i2t.attend(img_q, i2t._separate_heads(i2t.k_proj(q)), i2t._separate_heads(i2t.v_proj(queries)))
-        else:
-            k = keys + key_pe
-            attn_out = i2t(q=k, k=q, v=queries)
-        keys = self.norm4(keys + attn_out)
+        keys = self.norm4(keys + self.cross_attn_image_to_token(q=k, k=q, v=queries))
         return queries, keys
 
 
@@ -148,47 +140,25 @@ class TwoWayTransformer(nn.Module):
         self.final_attn_token_to_image = Attention(embedding_dim, num_heads, attention_downsample_rate)
         self.norm_final_attn = nn.LayerNorm(embedding_dim)
 
-    def image_projections(self, image_embedding: Tensor, image_pe: Tensor) -> dict[str, Tensor]:
-        """Projections of the first layer that depend only on the image side.
-
-        Before the first image->token attention the image tokens are still the (dense
-        prompt + image) embedding, so for a fixed image and dense prompt these three
-        4096-token projections are the same for every prompt; the predictor computes them
-        once per image. Inputs are 1xCxHxW.
-        """
-        keys = image_embedding.flatten(2).transpose(1, 2)
-        key_pe = image_pe.flatten(2).transpose(1, 2)
-        layer = self.layers[0]
-        k = keys + key_pe
-        t2i, i2t = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
-        return {
-            "t2i_k": t2i._separate_heads(t2i.k_proj(k)),
-            "t2i_v": t2i._separate_heads(t2i.v_proj(keys)),
-            "i2t_q": i2t._separate_heads(i2t.q_proj(k)),
-        }
-
     def forward(
         self,
         image_embedding: Tensor,
         image_pe: Tensor,
         point_embedding: Tensor,
-        image_cache: dict[str, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor]:
         """
         Args:
             image_embedding: BxCxHxW (already including the dense prompt).
             image_pe: BxCxHxW (or 1xCxHxW) positional encoding.
             point_embedding: BxNxC prompt + output tokens.
-            image_cache: optional first-layer projections from :meth:`image_projections`.
         Returns:
             (tokens BxNxC, image tokens BxHWxC) after the transformer.
         """
         keys = image_embedding.flatten(2).transpose(1, 2)
         key_pe = image_pe.flatten(2).transpose(1, 2)
         queries = point_embedding
-        for i, layer in enumerate(self.layers):
-            cache = image_cache if i == 0 else None
-            queries, keys = layer(queries, keys, point_embedding, key_pe, image_cache=cache)
+        for layer in self.layers:
+            queries, keys = layer(queries, keys, point_embedding, key_pe)
         q = queries + point_embedding
         k = keys + key_pe
         queries = self.norm_final_attn(queries + self.final_attn_token_to_image(q=q, k=k, v=keys))

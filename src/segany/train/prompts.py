@@ -200,14 +200,11 @@ def embed_prompt_tokens(prompt_encoder: PromptEncoder, coords: torch.Tensor, lab
     """Sparse embeddings of MxKx2 input-frame coordinates with labels in {-1, 0, 1, 2, 3}.
 
     Same tokens as :class:`PromptEncoder` gives for points (labels -1/0/1) and box corners
-    (2/3); the transformer does not depend on token order, so one tensor can hold any mix.
+    (2/3), from its one token embedder (:meth:`PromptEncoder.embed_point_tokens`); the
+    transformer does not depend on token order, so one tensor can hold any mix of
+    box- and point-started episodes.
     """
-    pe = prompt_encoder.pe_layer.forward_with_coords(coords + 0.5, prompt_encoder.input_image_size)
-    lab = labels[..., None]
-    pe = torch.where(lab == PAD, prompt_encoder.not_a_point_embed.weight, pe)
-    for k, embedding in enumerate(prompt_encoder.point_embeddings):
-        pe = torch.where(lab == k, pe + embedding.weight, pe)
-    return pe
+    return prompt_encoder.embed_point_tokens(coords, labels)
 
 
 def select_feedback(low_res: torch.Tensor, iou_pred: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,98 @@
+"""The per-image cache of the mask decoder's prompt-independent work.
+
+For a fixed image embedding and the no-mask dense prompt, part of every decoder call is
+the same whatever the prompt: the image tokens themselves, the positional encoding laid
+out as tokens, the first layer's three projections of the 4096 image tokens (before the
+first image->token attention the image tokens have not yet seen a prompt) and the
+upscaling weights re-laid out for channels-last matmuls. :class:`DecoderImageCache` holds
+them, built once per image by :meth:`DecoderImageCache.build`; the exact cached inference
+path (:mod:`segany.modeling.cached_decoder`) reads it for every prompt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .mask_decoder import MaskDecoder
+from .transformer import TwoWayTransformer
+
+
+@dataclass(frozen=True, eq=False)
+class DecoderImageCache:
+    """Prompt-independent decoder tensors for one image, in the decoder's dtype.
+
+    Shapes: N = H*W image tokens (4096), C = the transformer width (256), h heads (8),
+    c = C / (downsample rate * h) channels per head (16), C1 = C/4 and C2 = C/8 the
+    channels of the two upscaling steps.
+
+    A cache belongs to the decoder (weights and dtype) that built it; a mask prompt makes
+    the image tokens per-prompt, so those are passed next to the cache, never stored in it.
+    """
+
+    keys: torch.Tensor
+    """1xNxC image tokens: the image embedding plus the no-mask dense prompt, row-major
+    over the (H, W) grid."""
+    key_pe: torch.Tensor
+    """1xNxC dense positional encoding of the embedding grid, same layout."""
+    t2i_k: torch.Tensor
+    """1 x h x N x c: first layer token->image key projection of ``keys + key_pe``."""
+    t2i_v: torch.Tensor
+    """1 x h x N x c: first layer token->image value projection of ``keys``."""
+    i2t_q: torch.Tensor
+    """1 x h x N x c: first layer image->token query projection of ``keys + key_pe``."""
+    up1_w: torch.Tensor
+    """C x 4*C1: the first 2x2 stride-2 transposed conv as a matmul, columns (di, dj, out)."""
+    up1_b: torch.Tensor
+    """4*C1: its bias, repeated for the four output pixels."""
+    up2_w: torch.Tensor
+    """C1 x 4*C2: the second transposed conv, same layout."""
+    up2_b: torch.Tensor
+    """4*C2: its bias."""
+    grid: tuple[int, int]
+    """(H, W) of the image embedding (64, 64): ``keys`` reshapes to 1xHxWxC."""
+
+    @classmethod
+    def build(cls, decoder: MaskDecoder, src: torch.Tensor, image_pe: torch.Tensor) -> DecoderImageCache:
+        """The cache of one image.
+
+        Args:
+            decoder: the mask decoder that will decode with it.
+            src: 1xCxHxW image embedding plus the no-mask dense prompt embedding.
+            image_pe: 1xCxHxW dense positional encoding (``PromptEncoder.get_dense_pe()``).
+        """
+        transformer: TwoWayTransformer = decoder.transformer  # type: ignore[assignment]
+        dtype = decoder.iou_token.weight.dtype  # the decoder's precision (no-op casts for float32)
+        src, image_pe = src.to(dtype), image_pe.to(dtype)
+        # Tokens as the reference transformer lays them out (transposed views, which the
+        # projections below read: the same layout rounds the same), stored contiguous.
+        keys = src.flatten(2).transpose(1, 2)
+        key_pe = image_pe.flatten(2).transpose(1, 2)
+        layer = transformer.layers[0]
+        t2i, i2t = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
+        k = keys + key_pe
+        up1, _, _, up2, _ = decoder.output_upscaling
+        up1_w, up1_b = _conv_transpose_as_matmul(up1)
+        up2_w, up2_b = _conv_transpose_as_matmul(up2)
+        return cls(
+            keys=keys.contiguous(),
+            key_pe=key_pe.contiguous(),
+            t2i_k=t2i.separate_heads(t2i.k_proj(k)),
+            t2i_v=t2i.separate_heads(t2i.v_proj(keys)),
+            i2t_q=i2t.separate_heads(i2t.q_proj(k)),
+            up1_w=up1_w,
+            up1_b=up1_b,
+            up2_w=up2_w,
+            up2_b=up2_b,
+            grid=(int(src.shape[-2]), int(src.shape[-1])),
+        )
+
+
+def _conv_transpose_as_matmul(conv: nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """A kernel-2 stride-2 ConvTranspose2d as (weight in x 4*out, bias 4*out): every input
+    pixel produces a 2x2 block of its own, so the conv is one matmul per pixel with the
+    columns ordered (di, dj, out)."""
+    weight = conv.weight  # (in, out, 2, 2)
+    return weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1).contiguous(), conv.bias.repeat(4)
