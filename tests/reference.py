@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -55,3 +56,11 @@ def random_state_dict(model: torch.nn.Module, seed: int = 0) -> dict[str, torch.
                 t = torch.randn(v.shape, generator=g)
         out[k] = t
     return out
+
+
+def max_abs_diff(a, b) -> float:
+    """Largest absolute difference of two arrays/tensors of the same shape (0 when empty)."""
+    a = a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+    b = b.detach().cpu().numpy() if isinstance(b, torch.Tensor) else np.asarray(b)
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return 0.0 if a.size == 0 else float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max())

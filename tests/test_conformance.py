@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from reference import import_reference
+from reference import import_reference, max_abs_diff
 from segany import SamPredictor
 
 TOL = 1e-4
@@ -58,20 +58,13 @@ def twin_predictors(request, twin_models):
     return op, rp, image
 
 
-def _maxdiff(a, b) -> float:
-    a = a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
-    b = b.detach().cpu().numpy() if isinstance(b, torch.Tensor) else np.asarray(b)
-    assert a.shape == b.shape
-    if a.size == 0:
-        return 0.0
-    return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max())
 
 
 def test_image_embedding_matches(twin_predictors):
     op, rp, _ = twin_predictors
     assert op.input_size == rp.input_size
     assert tuple(op.original_size) == tuple(rp.original_size)
-    assert _maxdiff(op.get_image_embedding(), rp.get_image_embedding()) <= TOL
+    assert max_abs_diff(op.get_image_embedding(), rp.get_image_embedding()) <= TOL
 
 
 def _prompt_cases(h: int, w: int) -> dict[str, dict]:
@@ -94,9 +87,9 @@ def test_predict_matches(twin_predictors, case, multimask):
     r_logits, r_iou, r_low = rp.predict(**kw, multimask_output=multimask, return_logits=True)
     o_logits, o_iou, o_low = op.predict(**kw, multimask_output=multimask, return_logits=True)
     assert o_logits.shape == r_logits.shape and o_logits.dtype == r_logits.dtype
-    assert _maxdiff(o_logits, r_logits) <= TOL
-    assert _maxdiff(o_iou, r_iou) <= TOL
-    assert _maxdiff(o_low, r_low) <= TOL
+    assert max_abs_diff(o_logits, r_logits) <= TOL
+    assert max_abs_diff(o_iou, r_iou) <= TOL
+    assert max_abs_diff(o_low, r_low) <= TOL
     r_masks, _, _ = rp.predict(**kw, multimask_output=multimask)
     o_masks, _, _ = op.predict(**kw, multimask_output=multimask)
     assert o_masks.dtype == r_masks.dtype == np.bool_
@@ -110,7 +103,7 @@ def test_predict_matches(twin_predictors, case, multimask):
     r2 = rp.predict(**kw, mask_input=mask_input, multimask_output=multimask, return_logits=True)
     o2 = op.predict(**kw, mask_input=mask_input, multimask_output=multimask, return_logits=True)
     for a, b in zip(o2, r2):
-        assert _maxdiff(a, b) <= TOL
+        assert max_abs_diff(a, b) <= TOL
 
 
 def test_prompt_embeddings_match(twin_models):
@@ -124,9 +117,9 @@ def test_prompt_embeddings_match(twin_models):
                            (None, None, masks)]:
         o_sparse, o_dense = ours.prompt_encoder(points=points, boxes=bx, masks=mk)
         r_sparse, r_dense = ref.prompt_encoder(points=points, boxes=bx, masks=mk)
-        assert _maxdiff(o_sparse, r_sparse) <= TOL
-        assert _maxdiff(o_dense, r_dense) <= TOL
-    assert _maxdiff(ours.prompt_encoder.get_dense_pe(), ref.prompt_encoder.get_dense_pe()) <= TOL
+        assert max_abs_diff(o_sparse, r_sparse) <= TOL
+        assert max_abs_diff(o_dense, r_dense) <= TOL
+    assert max_abs_diff(ours.prompt_encoder.get_dense_pe(), ref.prompt_encoder.get_dense_pe()) <= TOL
 
 
 def test_mask_decoder_matches(twin_models):
@@ -140,8 +133,8 @@ def test_mask_decoder_matches(twin_models):
         for multimask in (True, False):
             o = ours.mask_decoder(emb, pe, sparse, dense, multimask)
             r = ref.mask_decoder(emb, pe, sparse, dense, multimask)
-            assert _maxdiff(o[0], r[0]) <= TOL
-            assert _maxdiff(o[1], r[1]) <= TOL
+            assert max_abs_diff(o[0], r[0]) <= TOL
+            assert max_abs_diff(o[1], r[1]) <= TOL
 
 
 def test_batched_model_forward_matches(twin_models):
@@ -162,8 +155,8 @@ def test_batched_model_forward_matches(twin_models):
     r = ref(batch, multimask_output=True)
     for a, b in zip(o, r):
         assert set(a) == set(b)
-        assert _maxdiff(a["low_res_logits"], b["low_res_logits"]) <= TOL
-        assert _maxdiff(a["iou_predictions"], b["iou_predictions"]) <= TOL
+        assert max_abs_diff(a["low_res_logits"], b["low_res_logits"]) <= TOL
+        assert max_abs_diff(a["iou_predictions"], b["iou_predictions"]) <= TOL
         assert a["masks"].shape == b["masks"].shape
 
 
@@ -182,7 +175,7 @@ def test_full_vit_b_matches():
     rp, op = ref_pkg.SamPredictor(ref), SamPredictor(ours)
     rp.set_image(image)
     op.set_image(image)
-    assert _maxdiff(op.features, rp.features) <= TOL
+    assert max_abs_diff(op.features, rp.features) <= TOL
     kw = _prompt_cases(*image.shape[:2])["box_and_point"]
     for a, b in zip(op.predict(**kw, return_logits=True), rp.predict(**kw, return_logits=True)):
-        assert _maxdiff(a, b) <= TOL
+        assert max_abs_diff(a, b) <= TOL

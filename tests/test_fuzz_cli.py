@@ -65,23 +65,23 @@ def strict_json(text: str) -> object:
     return json.loads(text, parse_constant=refuse)
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random segany_cnn checkpoint (fast on a CPU)."""
-    torch.manual_seed(0)
+def _tiny_cnn_checkpoint(tmp_path_factory: pytest.TempPathFactory, seed: int) -> Path:
+    """A tiny random segany_cnn checkpoint (fast on a CPU); ``seed`` picks its weights."""
+    torch.manual_seed(seed)
     model = build_model("segany_cnn", cnn_widths=(8, 8, 16, 16, 32), cnn_depths=(1, 1, 1, 1), cnn_global_blocks=1)
-    path = tmp_path_factory.mktemp("ckpt") / "cnn.safetensors"
+    path = tmp_path_factory.mktemp(f"ckpt{seed}") / f"cnn{seed}.safetensors"
     save_checkpoint(model, path)
     return path
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _tiny_cnn_checkpoint(tmp_path_factory, 0)
 
 
 @pytest.fixture(scope="module")
 def other_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(1)
-    model = build_model("segany_cnn", cnn_widths=(8, 8, 16, 16, 32), cnn_depths=(1, 1, 1, 1), cnn_global_blocks=1)
-    path = tmp_path_factory.mktemp("ckpt2") / "cnn2.safetensors"
-    save_checkpoint(model, path)
-    return path
+    return _tiny_cnn_checkpoint(tmp_path_factory, 1)
 
 
 @pytest.fixture(scope="module")

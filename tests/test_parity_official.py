@@ -19,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-from reference import import_reference
+from reference import import_reference, max_abs_diff
 from segany import SamPredictor
 from segany.predictor import MAX_POINTS, MAX_PROMPTS, PromptOutsideImageWarning
 
@@ -50,11 +50,6 @@ def twins(twin_models):
     return op, rp, image
 
 
-def _maxdiff(a, b) -> float:
-    a = a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
-    b = b.detach().cpu().numpy() if isinstance(b, torch.Tensor) else np.asarray(b)
-    assert a.shape == b.shape, (a.shape, b.shape)
-    return 0.0 if a.size == 0 else float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max())
 
 
 def _edge_cases(h: int, w: int) -> dict[str, dict]:
@@ -93,7 +88,7 @@ def test_predict_logits_match(twins, case, multimask):
     ours, ref = _predict_both(op, rp, kw, multimask_output=multimask, return_logits=True)
     for o, r in zip(ours, ref):
         assert o.dtype == r.dtype
-        assert _maxdiff(o, r) <= TOL
+        assert max_abs_diff(o, r) <= TOL
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -105,8 +100,8 @@ def test_predict_masks_match(twins, case):
     assert o_masks.dtype == r_masks.dtype == np.bool_ and o_masks.shape == r_masks.shape
     r_logits = rp.predict(**kw, return_logits=True)[0]
     assert np.all(np.abs(r_logits[o_masks != r_masks]) <= TOL)
-    assert _maxdiff(o_iou, r_iou) <= TOL
-    assert _maxdiff(o_low, r_low) <= TOL
+    assert max_abs_diff(o_iou, r_iou) <= TOL
+    assert max_abs_diff(o_low, r_low) <= TOL
 
 
 @pytest.mark.parametrize("case", ["no_prompt", "point_below_right", "box_partly_outside"])
@@ -119,7 +114,7 @@ def test_mask_input_matches(twins, case):
     for multimask in (True, False):
         ours, ref = _predict_both(op, rp, kw, mask_input=mask_input, multimask_output=multimask, return_logits=True)
         for o, r in zip(ours, ref):
-            assert _maxdiff(o, r) <= TOL
+            assert max_abs_diff(o, r) <= TOL
 
 
 def test_predict_torch_matches(twins):
@@ -143,7 +138,7 @@ def test_predict_torch_matches(twins):
             r = rp.predict_torch(**kw, multimask_output=multimask, return_logits=True)
             for a, b in zip(o, r):
                 assert a.dtype == b.dtype
-                assert _maxdiff(a, b) <= TOL
+                assert max_abs_diff(a, b) <= TOL
         o_masks = op.predict_torch(**kw)[0]
         r_masks = rp.predict_torch(**kw)[0]
         logits = rp.predict_torch(**kw, return_logits=True)[0]

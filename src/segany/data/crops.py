@@ -57,6 +57,11 @@ class CropSample:
     valid: torch.Tensor
     source: str
 
+    def normalised(self, mean: torch.Tensor, std: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """The encoder input: normalised like the model's input square, and 0 outside the image,
+        as the square's padding is after normalisation."""
+        return (self.image.to(device) - mean) / std * self.valid.to(device)
+
 
 def _warp(array: np.ndarray, matrix: np.ndarray, side: int) -> np.ndarray:
     return cv2.warpAffine(

@@ -143,11 +143,11 @@ class Experiment:
     # ---------------------------------------------------------------- one record per image
     def signature(self) -> dict[str, Any]:
         """Everything that changes the numbers: records stored under any other signature are discarded."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define signature() or override parts()")
 
     def key(self, dataset: str, index: int, item: Any) -> str:
         """The store key of ``item``, the ``index``-th image of ``dataset``."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define key()")
 
     def fresh(self, dataset: str, index: int, item: Any) -> bool:
         """True: compute this image even if it is stored (its example figure needs the masks).
@@ -158,7 +158,7 @@ class Experiment:
 
     def per_image(self, dataset: str, index: int, item: Any) -> Record:
         """The record of one image (JSON-able: it is stored as it is)."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define per_image() or override compute()")
 
     def summarise_dataset(self, dataset: str, finished: list[tuple[Any, Record]]) -> Any:
         """The summary of one data set from its finished images' (item, record); None leaves it out."""
@@ -166,7 +166,7 @@ class Experiment:
 
     def summarise(self, datasets: dict[str, Any]) -> Summary:
         """The report, from :meth:`summarise_dataset`'s results per data set."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define summarise()")
 
     # ---------------------------------------------------------------- several records per image
     def parts(self) -> dict[str, dict[str, Any]]:

@@ -259,10 +259,7 @@ class SamTrainStep(nn.Module):
         index = torch.cat([torch.full((len(s.masks),), k, dtype=torch.long) for k, s in enumerate(samples)]).to(device)
         valid = offsets = None
         if isinstance(samples[0], CropSample):
-            # a crop is normalised like the input square; outside the image it is 0, as padding is
-            images = torch.stack([
-                (s.image.to(device) - sam.pixel_mean) / sam.pixel_std * s.valid.to(device) for s in samples
-            ])
+            images = torch.stack([s.normalised(sam.pixel_mean, sam.pixel_std, device) for s in samples])
             side = gt.shape[-1]
             sizes = torch.full((len(gt), 2), side, dtype=torch.long, device=device)
             valid = torch.stack([s.valid for s in samples]).to(device)[index]

@@ -43,7 +43,7 @@ def validate(sam: Sam, dataset: CropDataset, seed: int = 0, limit: int | None = 
             sample = dataset.load(k, np.random.default_rng([seed, k]))
             if len(sample.masks) == 0:
                 continue
-            image = (sample.image.to(device) - sam.pixel_mean) / sam.pixel_std * sample.valid.to(device)
+            image = sample.normalised(sam.pixel_mean, sam.pixel_std, device)
             emb = sam.image_encoder(image[None])
             gt = sample.masks.to(device)
             index = torch.zeros(len(gt), dtype=torch.long, device=device)
