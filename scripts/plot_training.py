@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from segany.atomic_files import atomic_path
+
 
 def _read(path: Path) -> list[dict]:
     if not path.is_file():
@@ -80,10 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     fig.suptitle(f"{args.run.name}: {rows[-1]['step']} steps, {hours[-1]:.2f} h")
     fig.tight_layout()
     out = args.out or args.run / "curve.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(out)
+    with atomic_path(out) as tmp:  # creates the folder; a failed save leaves the old curve
+        fig.savefig(tmp, dpi=110)
     print(f"wrote {out} ({rows[-1]['step']} steps, {hours[-1]:.2f} compute hours, {len(val)} validations)")
     return 0
 

@@ -49,7 +49,7 @@ def test_write_read_validate(tmp_path):
     assert rec.image_path.is_file() and (rec.width, rec.height) == (60, 40)
     assert len(rec.annotations) == 2  # the empty mask is skipped
     a = rec.annotations[1]
-    assert a["bbox"] == [20, 5, 30, 25] and a["area"] == 25 * 30
+    assert a["bbox"] == [20, 5, 29, 24] and a["area"] == 25 * 30  # official boxes: w = x_max - x_min
     x, y = a["point_coords"][0]
     assert masks[1][int(y), int(x)]
     assert np.array_equal(rec.decode(0), masks[0])

@@ -11,6 +11,7 @@ import torch
 from segany.cli import main
 from segany.eval import resume
 from segany.eval.datasets import default_data_root
+from segany.modeling.fingerprint import sampled_weights_digest
 
 DATA = default_data_root()
 needs_data = pytest.mark.skipif(not (DATA / "grabcut").is_dir(), reason="shared eval data not available")
@@ -73,12 +74,12 @@ def test_partial_store_reads_only(tmp_path: Path):
 def test_model_fingerprint_tracks_weights():
     a = torch.nn.Linear(300, 300)
     b = torch.nn.Linear(300, 300)
-    fa = resume.model_fingerprint(a)
-    assert fa == resume.model_fingerprint(a) and fa != resume.model_fingerprint(b)
+    fa = sampled_weights_digest(a)
+    assert fa == sampled_weights_digest(a) and fa != sampled_weights_digest(b)
     with torch.no_grad():
         a.weight[-1, -1] += 1.0  # the last element is always among the sampled values
-    assert resume.model_fingerprint(a) != fa
-    assert resume.model_fingerprint(None) == "none"
+    assert sampled_weights_digest(a) != fa
+    assert sampled_weights_digest(None) == "none"
 
 
 def _load(out: Path) -> dict:

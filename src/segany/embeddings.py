@@ -7,7 +7,6 @@ another model would silently give garbage masks, so loading it is refused.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -15,22 +14,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .atomic_files import atomic_path
+from .modeling.fingerprint import image_encoder_digest
+
 FORMAT = "segany-embedding-v1"
-
-
-def encoder_fingerprint(model: nn.Module) -> str:
-    """Short hash identifying a model's image encoder weights (and the prompt PE)."""
-    h = hashlib.sha1()
-    enc = model.image_encoder
-    params = list(enc.state_dict().items())
-    picks = params[:2] + params[-2:] + [
-        ("pe", model.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix)
-    ]
-    for name, t in picks:
-        h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().float().cpu().contiguous().numpy().tobytes()[:65536])
-    return h.hexdigest()[:16]
 
 
 def save_embedding_file(
@@ -48,12 +35,11 @@ def save_embedding_file(
         "format": FORMAT,
         "original_size": json.dumps(list(original_size)),
         "input_size": json.dumps(list(input_size)),
-        "encoder": encoder_fingerprint(model),
+        "encoder": image_encoder_digest(model),
         "img_size": str(model.image_encoder.img_size),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({"features": features.detach().cpu().contiguous()}, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file({"features": features.detach().cpu().contiguous()}, str(tmp), metadata=meta)
 
 
 def load_embedding_file(
@@ -73,7 +59,7 @@ def load_embedding_file(
         raise ValueError(f"cannot read embedding file {path}: {type(exc).__name__}: {exc}") from None
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path} is not a segany embedding file")
-    if meta.get("encoder") != encoder_fingerprint(model):
+    if meta.get("encoder") != image_encoder_digest(model):
         raise ValueError(f"{path} was computed by a different image encoder than this model's")
     original = tuple(json.loads(meta["original_size"]))
     inp = tuple(json.loads(meta["input_size"]))

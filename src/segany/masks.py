@@ -1,4 +1,5 @@
-"""Masks, run-length encodings and boxes in one place (thin layers over torch and pycocotools).
+"""Masks, run-length encodings, boxes from masks and mask IoU in one place (thin layers over
+torch and pycocotools); nothing else in the package computes these.
 
 Conventions (the same as the official package and COCO, so outputs interoperate):
 
@@ -22,6 +23,21 @@ import torch
 from pycocotools import mask as mask_utils
 
 RLE = dict[str, Any]
+
+
+def _as_bool_tensor(x: torch.Tensor | np.ndarray | Any) -> torch.Tensor:
+    """``x`` as a bool tensor (nonzero = True), sharing memory with a bool array where it can.
+
+    Numpy input is converted the way ``np.asarray(x, dtype=bool)`` does (any dtype numpy
+    has), and copied when torch cannot share it: flipped views (negative strides) are
+    refused by ``torch.from_numpy`` and read-only arrays would make it warn.
+    """
+    if isinstance(x, torch.Tensor):
+        return x.to(torch.bool)
+    arr = np.asarray(x, dtype=bool)
+    if not arr.flags.writeable or any(st < 0 for st in arr.strides):
+        arr = arr.copy()
+    return torch.from_numpy(arr)
 
 
 # ---------------------------------------------------------------------- uncompressed RLE
@@ -114,6 +130,34 @@ def coco_encode_rle(uncompressed: RLE) -> RLE:
     return {"size": [h, w], "counts": rle["counts"].decode("utf-8")}
 
 
+def coco_rle_bbox(rle: RLE) -> list[float]:
+    """COCO's ``bbox`` of an RLE without decoding it (pycocotools ``toBbox``): XYWH pixel
+    *extents*, ``w = x_max - x_min + 1``, one pixel wider than SA-1B's ``bbox`` (see the
+    module docstring); ``[0, 0, 0, 0]`` for an empty mask. For COCO files and the engine
+    store, whose rows have always held this convention."""
+    return [float(v) for v in mask_utils.toBbox(_coco_for_pycocotools(rle))]
+
+
+def coco_bbox(mask: torch.Tensor | np.ndarray) -> list[int]:
+    """COCO's ``bbox`` of an HxW mask, equal to :func:`coco_rle_bbox` of its RLE: one pixel
+    at (x, y) is ``[x, y, 1, 1]``, an empty mask ``[0, 0, 0, 0]``."""
+    t = _as_bool_tensor(mask)
+    if not bool(t.any()):
+        return [0, 0, 0, 0]
+    x0, y0, x1, y1 = (int(v) for v in batched_mask_to_box(t).tolist())
+    return [x0, y0, x1 - x0 + 1, y1 - y0 + 1]
+
+
+def rasterize_polygons(polygons: list[list[float]], height: int, width: int) -> np.ndarray:
+    """COCO polygons (flat ``[x0, y0, x1, y1, ...]`` lists, at least 3 points each) -> HxW
+    bool mask of their union, rasterised exactly as pycocotools' ``annToMask`` does, so masks
+    read from polygon files match what COCO tools see. Callers validate the coordinates."""
+    if not polygons:
+        return np.zeros((int(height), int(width)), dtype=bool)
+    rles = mask_utils.frPyObjects([list(map(float, p)) for p in polygons], int(height), int(width))
+    return mask_utils.decode(mask_utils.merge(rles)).astype(bool)
+
+
 def masks_to_coco_rle(masks: torch.Tensor | np.ndarray) -> list[RLE]:
     """BxHxW bool masks -> COCO RLEs directly (pycocotools' C encoder)."""
     arr = np.asarray(torch.as_tensor(masks).cpu().numpy(), dtype=np.uint8)
@@ -155,9 +199,15 @@ def box_xywh_to_xyxy(box: Any) -> Any:
     return out
 
 
-def batched_mask_to_box(masks: torch.Tensor) -> torch.Tensor:
-    """...xHxW bool masks -> ...x4 XYXY boxes of pixel indices (int64); [0,0,0,0] when empty."""
-    masks = torch.as_tensor(masks)
+def batched_mask_to_box(masks: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """...xHxW bool masks -> ...x4 XYXY boxes of pixel indices (int64); [0,0,0,0] when empty.
+
+    The one box-from-mask of the package (the official convention, see the module
+    docstring). A caller that needs another convention adjusts the result where it calls
+    this, with a comment saying why: exclusive ends (``+ 1`` on x1, y1) for slicing,
+    ``.float()`` for box prompts, COCO's ``toBbox`` width ``x1 - x0 + 1``.
+    """
+    masks = _as_bool_tensor(masks)
     if masks.ndim < 2:
         raise ValueError(f"masks must be ...xHxW, got shape {tuple(masks.shape)}")
     lead = masks.shape[:-2]
@@ -174,6 +224,22 @@ def batched_mask_to_box(masks: torch.Tensor) -> torch.Tensor:
     out = torch.stack([left, top, right, bottom], dim=1).to(torch.int64)
     out[~rows.any(dim=1)] = 0
     return out.reshape(*lead, 4)
+
+
+def mask_window(mask: torch.Tensor | np.ndarray) -> tuple[slice, slice] | None:
+    """(rows, cols) slices of the smallest window holding every set pixel of an HxW mask.
+
+    ``batched_mask_to_box`` with exclusive ends, for code that crops a mask before heavier
+    per-mask work (contours, hulls); None for an empty mask, so callers cannot crop to the
+    ``[0, 0, 0, 0]`` box an empty mask gets.
+    """
+    t = _as_bool_tensor(mask)
+    if t.ndim != 2:
+        raise ValueError(f"mask must be HxW, got shape {tuple(t.shape)}")
+    if not bool(t.any()):
+        return None
+    x0, y0, x1, y1 = (int(v) for v in batched_mask_to_box(t))
+    return slice(y0, y1 + 1), slice(x0, x1 + 1)
 
 
 def box_area(boxes: torch.Tensor) -> torch.Tensor:
@@ -193,12 +259,48 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------- mask IoU
 
 
-def mask_iou(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """NxHxW, MxHxW bool masks -> NxM IoU (two empty masks have IoU 1)."""
-    fa = torch.as_tensor(a).reshape(len(a), -1).to(torch.float32)
-    fb = torch.as_tensor(b).reshape(len(b), -1).to(torch.float32)
-    inter = fa @ fb.T
-    union = fa.sum(1)[:, None] + fb.sum(1)[None, :] - inter
+def mask_iou(
+    a: torch.Tensor | np.ndarray,
+    b: torch.Tensor | np.ndarray,
+    ignore: torch.Tensor | np.ndarray | None = None,
+    *,
+    pairwise: bool = True,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """IoU of binary masks (nonzero = set); 1 where both masks are empty.
+
+    The one mask IoU of the package: the automatic generator's tests and the data checks
+    compare sets of masks, training scores each prediction against its target
+    (:func:`segany.train.losses.mask_iou`), evaluation one prediction against its ground
+    truth outside an ignore band (:func:`segany.eval.clicks.iou`).
+
+    Args:
+        a, b: with ``pairwise=True`` NxHxW and MxHxW, giving NxM (every mask of ``a``
+            against every mask of ``b``); with ``pairwise=False`` any shapes ...xHxW that
+            broadcast together, giving ... (mask against mask).
+        ignore: pixels counted in neither mask (broadcast against the masks, e.g. HxW),
+            such as GrabCut's unlabelled band.
+        dtype: the dtype the counts are divided in. The counts are exact integers, so the
+            result is the correctly rounded quotient in ``dtype``: float32 is what training
+            logs and the generator's tests compare, float64 equals Python's
+            ``intersection / union`` (evaluation reports).
+
+    Why two empty masks score 1: predicting nothing for an object that is not there (or
+    entirely ignored) is a perfect answer, and every caller has always counted it so.
+    """
+    ta, tb = _as_bool_tensor(a), _as_bool_tensor(b)
+    if ignore is not None:
+        keep = ~_as_bool_tensor(ignore).to(ta.device)
+        ta, tb = ta & keep, tb & keep
+    if pairwise:
+        # one matmul for all pairs; sums of 0/1 products are exact below 2**24 pixels in float32
+        fa = ta.flatten(1).to(dtype)
+        fb = tb.flatten(1).to(dtype)
+        inter = fa @ fb.T
+        union = fa.sum(1)[:, None] + fb.sum(1)[None, :] - inter
+    else:
+        inter = (ta & tb).flatten(-2).sum(-1).to(dtype)
+        union = (ta | tb).flatten(-2).sum(-1).to(dtype)
     return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(inter))
 
 

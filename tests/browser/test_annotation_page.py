@@ -199,7 +199,8 @@ def test_click_accept_store_export_roundtrip(server, page, tmp_path):
     assert np.array_equal(decoded, shown)
     assert ann["area"] == int(shown.sum())
     ys, xs = np.nonzero(shown)
-    assert ann["bbox"] == [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
+    # SA-1B's bbox convention (the official generator's): pixel indices, w = x_max - x_min
+    assert ann["bbox"] == [float(xs.min()), float(ys.min()), float(xs.max() - xs.min()), float(ys.max() - ys.min())]
     coco = json.loads((out / "coco.json").read_text())
     assert any(a["id"] == saved for a in coco["annotations"])
     assert not page.errors, page.errors

@@ -23,22 +23,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
+from ..atomic_files import is_partial_file, remove_partial_files, write_all_or_nothing
 from ..image_io import ImageError, load_image
+from ..modeling.fingerprint import weights_sha256
+from ..visualize import overlay_records
 from .generator import SamAutomaticMaskGenerator
 from .outputs import (
-    PARTIAL_SUFFIX,
     check_output_dir,
     check_outputs,
     coco_json,
     json_writer,
     label_map,
-    overlay,
     png_writer,
     sa1b_json,
-    write_all_or_nothing,
 )
 
 RECORD_KEY = "segany"  # first key of every JSON output, tEXt key of every PNG output
@@ -114,11 +113,14 @@ def collect_images(inputs: Iterable[str]) -> tuple[list[ImageJob], list[tuple[st
 
 
 def _is_own_output(path: Path) -> bool:
-    """A PNG that ``segany auto`` wrote (an overlay or label map: it carries the run record).
+    """A PNG that ``segany auto`` wrote (an overlay or label map: it carries the run record),
+    or the temporary file of a write in progress or killed (it has the image's suffix).
 
     Why: with ``--out`` inside an input folder, a rerun would otherwise segment last run's
     overlays as new photos. Only folder and glob inputs are filtered; a file named
     explicitly is always taken."""
+    if is_partial_file(path):
+        return True
     return path.suffix.lower() == ".png" and read_provenance(path) is not None
 
 
@@ -150,36 +152,10 @@ def check_plan(jobs: list[ImageJob], out_dir: str | Path, fmt: str, save_overlay
 
 def remove_partials(out_dir: Path) -> int:
     """Delete temporary files left by a killed run; returns how many."""
-    n = 0
-    if out_dir.is_dir():
-        for f in out_dir.rglob(f".*{PARTIAL_SUFFIX}"):
-            f.unlink(missing_ok=True)
-            n += 1
-    return n
+    return remove_partial_files(out_dir)
 
 
 # ------------------------------------------------------------------ what made an output
-
-
-def model_fingerprint(model: torch.nn.Module) -> str:
-    """SHA-256 over the model's configuration and every tensor of its state (names, dtypes,
-    shapes, bytes).
-
-    Why the weights and not the checkpoint file: it is what decides the outputs, whatever
-    the path, the file format (``.pth`` or its ``.safetensors`` export), the embedded default
-    or a ``--dtype`` cast; and it costs one pass over memory (~1 s for ViT-H)."""
-    h = hashlib.sha256()
-    config = getattr(model, "config", None)
-    if config is not None and hasattr(config, "to_json"):
-        h.update(config.to_json().encode())
-    h.update(f"mask_threshold={getattr(model, 'mask_threshold', None)}\n".encode())
-    for name, tensor in model.state_dict().items():
-        t = tensor.detach()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
-        flat = t.contiguous().cpu().reshape(-1)
-        if flat.numel():
-            h.update(flat.view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def generator_settings(generator: SamAutomaticMaskGenerator, fmt: str) -> dict[str, Any]:
@@ -211,7 +187,7 @@ def generator_settings(generator: SamAutomaticMaskGenerator, fmt: str) -> dict[s
 def run_provenance(generator: SamAutomaticMaskGenerator, fmt: str, model_name: str | None = None) -> dict[str, Any]:
     """The record written into every output of a run (see the module docstring)."""
     settings = generator_settings(generator, fmt)
-    sha = model_fingerprint(generator.model)
+    sha = weights_sha256(generator.model)
     key = hashlib.sha256(json.dumps({"model": sha, "settings": settings}, sort_keys=True).encode()).hexdigest()[:16]
     model: dict[str, Any] = {"sha256": sha}
     if model_name:
@@ -336,7 +312,7 @@ def segment_folder(
         files: list[tuple[Path, Callable[[Path], None]]] = []
         over = overlay_path(out, job.name)
         if save_overlay:
-            files.append((over, png_writer(overlay(image, records), {RECORD_KEY: text})))
+            files.append((over, png_writer(overlay_records(image, records), {RECORD_KEY: text})))
         target = output_path(out, job.name, fmt)
         if fmt == "sa1b":
             files.append((target, json_writer({RECORD_KEY: record, **sa1b_json(records, file_name, w, h)})))

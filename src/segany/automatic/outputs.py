@@ -1,11 +1,12 @@
-"""Writers for automatic masks: SA-1B JSON, COCO JSON, instance-label PNG and overlay PNG,
-and the output-path checks every command shares.
+"""Writers for automatic masks: SA-1B JSON, COCO JSON, instance-label PNG and overlay PNG
+(its pixels drawn by :func:`segany.visualize.overlay_records`), and the output-path checks
+every command shares.
 
 Every file is written to a hidden temporary name in the destination folder and renamed into
-place, so a file with its final name is always complete (a killed run leaves at most a
-``.*.partial`` file, which the next run removes). Output paths are checked before any work
-(:func:`check_outputs`): a path that names an input, another output, an existing directory
-or an unwritable folder is refused with a one-line ``ValueError`` instead of an ``OSError``
+place (:mod:`segany.atomic_files`), so a file with its final name is always complete (a killed
+run leaves at most a hidden ``.partial`` temp, which the next run removes). Output paths are
+checked before any work (:func:`check_outputs`): a path that names an input, another output,
+an existing directory or an unwritable folder is refused with a one-line ``ValueError`` instead of an ``OSError``
 after minutes of computing -- or, worse, a photo silently replaced by its mask.
 """
 
@@ -13,63 +14,19 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from ..atomic_files import write_all_or_nothing
+from ..data import sa1b
 from ..masks import rle_to_mask
 
-PARTIAL_SUFFIX = ".partial"
 FORMATS = ("sa1b", "coco", "png")
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` then rename ``tmp`` to ``path`` (same folder, so the rename is atomic)."""
-    write_all_or_nothing([(path, write)])
-
-
-def _temp_name(path: Path) -> Path:
-    # pid + random part: two processes writing the same output never share a temp file, and
-    # no user file named "<out>.tmp" is clobbered
-    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(3)}{PARTIAL_SUFFIX}")
-
-
-def write_all_or_nothing(items: Sequence[tuple[Path, Callable[[Path], None]]]) -> None:
-    """Write several files so that either all of them get their final names or none does.
-
-    Why: a mask whose overlay failed to render (or a JSON whose overlay did) is a half
-    result that a later run or a user would take for a whole one. Every ``write(tmp)``
-    runs first, into temporary names in the destination folders; only when all succeeded
-    are they renamed into place. On any failure the temporary files are removed (and files
-    already renamed by this call are removed again) and the error is raised.
-    """
-    temps: list[tuple[Path, Path]] = []
-    renamed: list[Path] = []
-    try:
-        for path, write in items:
-            path = Path(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = _temp_name(path)
-            temps.append((tmp, path))
-            try:
-                write(tmp)
-            except OSError as exc:  # name the output, not its temporary file
-                raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
-        for tmp, path in temps:
-            os.replace(tmp, path)
-            renamed.append(path)
-    except BaseException:
-        for tmp, _ in temps:
-            tmp.unlink(missing_ok=True)
-        if len(renamed) < len(temps):
-            for path in renamed:
-                path.unlink(missing_ok=True)
-        raise
 
 
 def _same_key(path: Path) -> str:
@@ -135,28 +92,36 @@ def image_id_for(name: str) -> int:
 
 
 def sa1b_json(records: list[dict[str, Any]], file_name: str, width: int, height: int) -> dict[str, Any]:
-    """Records of a ``coco_rle`` generator -> the SA-1B per-image JSON layout."""
-    annotations = []
-    for i, r in enumerate(records):
-        annotations.append(
-            {
-                "id": i + 1,
-                "segmentation": r["segmentation"],
-                "bbox": [float(v) for v in r["bbox"]],
-                "area": int(r["area"]),
-                "predicted_iou": float(r["predicted_iou"]),
-                "point_coords": [[float(x), float(y)] for x, y in r["point_coords"]],
-                "crop_box": [float(v) for v in r["crop_box"]],
-                "stability_score": float(r["stability_score"]),
-            }
+    """Records of a ``coco_rle`` generator -> the SA-1B per-image JSON layout.
+
+    Built by :mod:`segany.data.sa1b` (the one SA-1B record builder). The generator's own
+    ``bbox`` and ``area`` are passed on: they come from the same masks in the same
+    convention (``masks.batched_mask_to_box``), and recomputing them would decode every mask
+    again.
+    """
+    annotations = [
+        sa1b.annotation_record(
+            i + 1,
+            rle=r["segmentation"],
+            bbox=r["bbox"],
+            area=r["area"],
+            predicted_iou=r["predicted_iou"],
+            stability_score=r["stability_score"],
+            point_coords=r["point_coords"],
+            crop_box=r["crop_box"],
         )
-    image = {"image_id": image_id_for(file_name), "width": int(width), "height": int(height), "file_name": file_name}
-    return {"image": image, "annotations": annotations}
+        for i, r in enumerate(records)
+    ]
+    return sa1b.document(sa1b.image_record(image_id_for(file_name), width, height, file_name), annotations)
 
 
 def coco_json(records: list[dict[str, Any]], file_name: str, width: int, height: int) -> dict[str, Any]:
     """Records -> a COCO instances file for one image (class-agnostic category 1, ``score``
-    = predicted IoU, so it loads with pycocotools' COCO / loadRes)."""
+    = predicted IoU, so it loads with pycocotools' COCO / loadRes).
+
+    ``bbox`` is the generator's as it is (the official convention, ``w = x_max - x_min``),
+    one pixel narrower than pycocotools' ``toBbox`` that the engine's ``coco.json`` uses.
+    """
     image_id = image_id_for(file_name)
     anns = []
     for i, r in enumerate(records):
@@ -182,7 +147,7 @@ def coco_json(records: list[dict[str, Any]], file_name: str, width: int, height:
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
-    atomic_write(path, json_writer(payload))
+    write_all_or_nothing([(path, json_writer(payload))])
 
 
 def json_writer(payload: dict[str, Any]) -> Callable[[Path], None]:
@@ -207,7 +172,7 @@ def label_map(records: list[dict[str, Any]], height: int, width: int) -> np.ndar
 
 
 def write_png(path: Path, array: np.ndarray, text: dict[str, str] | None = None) -> None:
-    atomic_write(path, png_writer(array, text))
+    write_all_or_nothing([(path, png_writer(array, text))])
 
 
 def png_writer(array: np.ndarray, text: dict[str, str] | None = None) -> Callable[[Path], None]:
@@ -225,23 +190,3 @@ def png_writer(array: np.ndarray, text: dict[str, str] | None = None) -> Callabl
         Image.fromarray(array).save(tmp, format="PNG", pnginfo=info)
 
     return _write
-
-
-def overlay(image: np.ndarray, records: list[dict[str, Any]], alpha: float = 0.5, max_side: int = 2048) -> np.ndarray:
-    """The image with every mask filled in its own colour (largest first) and outlined;
-    images larger than ``max_side`` are shown downscaled (masks with them)."""
-    h, w = image.shape[:2]
-    scale = min(1.0, max_side / max(h, w))
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    base = image if scale == 1.0 else np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
-    out = base.astype(np.float32)
-    rng = np.random.RandomState(0)
-    colours = rng.randint(40, 256, size=(max(1, len(records)), 3)).astype(np.float32)
-    for i in sorted(range(len(records)), key=lambda k: -records[k]["area"]):
-        m = rle_to_mask(records[i]["segmentation"])
-        if scale != 1.0:
-            m = np.asarray(Image.fromarray(m).resize(size, Image.NEAREST))
-        out[m] = (1 - alpha) * out[m] + alpha * colours[i]
-        edge = m & ~(np.roll(m, 1, 0) & np.roll(m, -1, 0) & np.roll(m, 1, 1) & np.roll(m, -1, 1))
-        out[edge] = colours[i] * 0.6
-    return np.clip(out, 0, 255).astype(np.uint8)

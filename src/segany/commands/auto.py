@@ -6,6 +6,9 @@ One SA-1B JSON per image by default (``--format coco`` or ``png`` for the others
 already finished in ``--out`` by the same model with the same settings are skipped; outputs
 of other settings stop the run before any work (use a new ``--out``, or ``--overwrite`` to
 recompute them); unreadable images are listed at the end and make the exit status 1.
+``--blur`` (off by default) also writes each image beside its output with faces and licence
+plates blurred -- the form to release, as SA-1B was (paper appendix F) -- and logs what was
+blurred in ``OUT/blur_log.jsonl``; the originals are never touched (docs/datasets.md, Privacy).
 """
 
 from __future__ import annotations
@@ -73,6 +76,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=FORMATS, default="sa1b", help="sa1b JSON, coco JSON, or 16-bit label png")
     p.add_argument("--preset", choices=sorted(PRESETS), default="default", help="paper settings (docs/automatic.md)")
     p.add_argument("--overlay", action="store_true", help="also write <name>.overlay.png with every mask coloured")
+    p.add_argument("--blur", action="store_true",
+                   help="also write each image, faces and licence plates blurred, beside its output, for release "
+                   "(default off; log: OUT/blur_log.jsonl; see docs/datasets.md, Privacy)")
     p.add_argument("--overwrite", action="store_true",
                    help="recompute images whose outputs in --out were made with other settings or another model "
                    "(default: refuse to mix them)")
@@ -130,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
     validate_knobs(kwargs)
     jobs, _ = collect_images(args.inputs)
     check_plan(jobs, args.out, args.format, args.overlay)  # before the model is loaded
+    release = release_plan(jobs, args) if args.blur else None
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     model = load_model_from_args(args)
@@ -146,4 +153,34 @@ def run(args: argparse.Namespace) -> int:
     )
     for line in summary.lines():
         print(line, file=sys.stderr if line.startswith(("failed", "  ")) else sys.stdout)
+    if release is not None:
+        print(release_blurred(release, args))
     return 1 if summary.failed else 0
+
+
+def release_plan(jobs: list, args: argparse.Namespace) -> list[tuple[Path, Path, str, Path]]:
+    """``--blur``: ``(image, blurred copy, its name in the log, the image's output)`` per
+    image. The copy goes beside the output under the name the output's ``file_name`` gives
+    it; checked before the model loads (no copy may land on an input, on another copy or on
+    an output of this run)."""
+    from ..automatic.folder import output_path, overlay_path
+    from ..data.blur import BlurJob, check_jobs
+
+    out = Path(args.out)
+    plan = []
+    for job in jobs:
+        name = Path(job.name).parent / job.path.name
+        plan.append((job.path, out / name, str(name), output_path(out, job.name, args.format)))
+    taken = [p[3] for p in plan] + ([overlay_path(out, job.name) for job in jobs] if args.overlay else [])
+    check_jobs([BlurJob(src, dst, name) for src, dst, name, _ in plan], taken=taken)
+    return plan
+
+
+def release_blurred(plan: list[tuple[Path, Path, str, Path]], args: argparse.Namespace) -> str:
+    """``--blur``, after the run: blur the images whose outputs exist (made now or by an
+    earlier run); those already blurred and logged by an earlier run are left as they are."""
+    from ..data.blur import LOG_NAME, blur_release, describe
+
+    finished = [(src, dst, name) for src, dst, name, output in plan if output.is_file()]
+    summary = blur_release(finished, Path(args.out) / LOG_NAME, progress=not args.no_progress)
+    return "blurred copies: " + describe(summary)

@@ -22,6 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     exp.add_argument("--out", required=True, help="output folder")
     exp.add_argument("--sources", default=None, help="comma-separated: manual,prefilled,automatic (default: all)")
     exp.add_argument("--no-copy-images", action="store_true", help="reference the images in place instead of copying")
+    exp.add_argument("--blur", action="store_true",
+                     help="blur faces and licence plates in the exported copies before they are published (default "
+                     "off; log: OUT/blur_log.jsonl; see docs/datasets.md, Privacy)")
     exp.set_defaults(func=run_export)
 
     rep = sub.add_parser("report", help="masks per image and seconds per mask, per stage and model version")
@@ -70,11 +73,15 @@ def run_export(args: argparse.Namespace) -> int:
         unknown = sorted(set(sources) - set(SOURCES))
         if unknown or not sources:
             raise ValueError(f"--sources must be a comma-separated subset of {','.join(SOURCES)}, got {args.sources!r}")
+    if args.blur and args.no_copy_images:
+        raise ValueError("--blur blurs the exported copies; with --no-copy-images there are none (the originals "
+                         "are never blurred in place by an export)")
     store = _store(args.db)
     skipped: list[dict] = []
+    blurred: list = []  # (summary, run settings) of the --blur pass, filled inside the export
     try:
         counts = export_dataset(store, args.out, sources=sources, copy_images=not args.no_copy_images,
-                                skipped=skipped)
+                                skipped=skipped, before_release=_blur_pass(blurred) if args.blur else None)
     except OSError as exc:
         raise ValueError(f"--out {args.out}: cannot write the export ({exc.strerror or exc})") from None
     _report_skipped("export", [
@@ -82,7 +89,32 @@ def run_export(args: argparse.Namespace) -> int:
     ])
     print(f"wrote {counts['masks']} masks on {counts['images']} images: {args.out}/sa1b (SA-1B, for segany train) "
           f"and {args.out}/coco.json")
+    if blurred:
+        print("blurred: " + _write_blur_log(blurred, args.out))
     return 0
+
+
+def _blur_pass(found: list):
+    """The export's ``before_release`` hook for ``--blur``: blur the hidden ``sa1b`` folder in place."""
+    from ..data.blur import blur_folder_in_place
+
+    def blur(folder) -> None:
+        found.append(blur_folder_in_place(folder))
+
+    return blur
+
+
+def _write_blur_log(found: list, out: str) -> str:
+    from pathlib import Path
+
+    from ..data.blur import LOG_NAME, describe, write_log
+
+    summary, run = found[0]
+    for entry in summary.entries:
+        entry["image"] = f"sa1b/{entry['image']}"
+        entry.pop("source", None)  # the hidden staging folder the export blurred in, gone now
+    summary.log = write_log(Path(out) / LOG_NAME, run, summary.entries)
+    return describe(summary)
 
 
 def run_report(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,18 +38,26 @@ def _add_common(p: argparse.ArgumentParser, default_out: str) -> None:
     )
 
 
+def _add_datasets(p: argparse.ArgumentParser, default: Sequence[str], help_text: str) -> None:
+    """``--datasets SPEC...`` of the experiments that take several data sets (points, prompts,
+    fairness): one declaration, so they all take the specs of :func:`segany.eval.datasets.resolve`
+    the same way; ``default`` is copied so that no two parsers share one list."""
+    p.add_argument("--datasets", nargs="+", default=list(default), help=help_text)
+
+
 def register(subparsers: Any) -> None:
+    # imported here, not at the top: every `segany` command line registers this parser
+    from ..eval.datasets import DEFAULT_POINT_DATASETS
+
     parser = subparsers.add_parser("eval", help="zero-shot evaluation suite (paper section 7 / appendix D)")
     sub = parser.add_subparsers(dest="experiment", metavar="EXPERIMENT")
     parser.set_defaults(func=lambda a: (parser.print_help(), 2)[1])
 
     p = sub.add_parser("points", help="point-to-mask mIoU after 1-9 clicks, NoC@85/90 (7.1 / D.1)")
     _add_common(p, "eval_points")
-    p.add_argument(
-        "--datasets",
-        nargs="+",
-        default=["grabcut", "coco_tiny", "dsb2018", "cvppp_a1"],
-        help="grabcut coco_tiny dsb2018 cvppp_a1 (eval splits), sa1b:FOLDER or coco:IMAGE_DIR:ANN.json",
+    _add_datasets(
+        p, DEFAULT_POINT_DATASETS,
+        "grabcut coco_tiny dsb2018 cvppp_a1 (eval splits), sa1b:FOLDER or coco:IMAGE_DIR:ANN.json",
     )
     p.add_argument("--first-click", choices=("center", "random"), default="center")
     p.add_argument("--max-clicks", type=int, default=20, help="NoC cap (default 20)")
@@ -56,12 +65,8 @@ def register(subparsers: Any) -> None:
 
     p = sub.add_parser("prompts", help="box / 1-point / 5-click mIoU next to GrabCut and box-fill baselines")
     _add_common(p, "eval_prompts")
-    p.add_argument(
-        "--datasets",
-        nargs="+",
-        default=["grabcut", "coco_tiny", "dsb2018", "cvppp_a1"],
-        help="as for `eval points`",
-    )
+    # the same default as `eval points`: --clicks-from reuses a points run's records per data set
+    _add_datasets(p, DEFAULT_POINT_DATASETS, "as for `eval points`")
     p.add_argument(
         "--baselines",
         nargs="+",
@@ -119,7 +124,7 @@ def register(subparsers: Any) -> None:
 
     p = sub.add_parser("fairness", help="mIoU at 1 and 3 points per metadata group with 95%% bootstrap CIs (section 6)")
     _add_common(p, "eval_fairness")
-    p.add_argument("--datasets", nargs="+", default=["coco_tiny"], help="as for `eval points`")
+    _add_datasets(p, ["coco_tiny"], "as for `eval points`")
     p.add_argument("--group-by", nargs="+", default=["supercategory", "size"], help="metadata columns to group by")
     p.add_argument("--metadata", default=None, help="CSV with an 'image' column (image id) and more columns to group by")
     p.add_argument("--first-click", choices=("center", "random"), default="random", help="the paper uses random")

@@ -113,7 +113,8 @@ def _check_prompts_fit(args: argparse.Namespace, width: int, height: int) -> Non
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..automatic.outputs import check_outputs, write_all_or_nothing
+    from ..atomic_files import write_all_or_nothing
+    from ..automatic.outputs import check_outputs
     from ..image_io import load_image
     from ..predictor import SamPredictor
     from ..visualize import render_overlay

@@ -50,6 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def collect_images(items: list[str]) -> tuple[list[Path], list[Path]]:
     """(image files, roots) from the command line; roots are the folders given and the
     folders of the files given, the only places the server will read from."""
+    from ..atomic_files import is_partial_file
     from ..engine.image_files import IMAGE_SUFFIXES
 
     files: list[Path] = []
@@ -58,7 +59,10 @@ def collect_images(items: list[str]) -> tuple[list[Path], list[Path]]:
         p = Path(item).resolve()
         if p.is_dir():
             roots.append(p)
-            files.extend(sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES))
+            files.extend(sorted(
+                f for f in p.rglob("*")
+                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not is_partial_file(f)  # not an upload in progress
+            ))
         elif p.is_file():
             roots.append(p.parent)
             files.append(p)

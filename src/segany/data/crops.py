@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ..image_io import load_image
+from ..masks import batched_mask_to_box
 from .sa1b import RecordIndex, SA1BRecord, decode_rle
 
 
@@ -160,11 +161,12 @@ class CropDataset(RecordIndex):
         if not anns:
             return crop, masks
         obj = decode_rle(anns[int(rng.integers(len(anns)))]["segmentation"])
-        ys, xs = np.nonzero(obj)
-        if len(ys) == 0:
+        if not obj.any():
             return crop, masks
         src = load_image(other.image_path)
-        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+        # exclusive ends: the object's pixel extent (its side counts the last row and column)
+        x0, y0, x1, y1 = (int(v) for v in batched_mask_to_box(obj).tolist())
+        x1, y1 = x1 + 1, y1 + 1
         side = max(y1 - y0, x1 - x0)
         target = cfg.crop * float(rng.uniform(0.15, 0.7))  # pasted object's longest side
         s = target / side

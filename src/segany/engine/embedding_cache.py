@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..embeddings import encoder_fingerprint, load_embedding_file, save_embedding_file
+from ..embeddings import load_embedding_file, save_embedding_file
 from ..image_io import load_image
 from ..modeling import Sam
+from ..modeling.fingerprint import image_encoder_digest
 from ..predictor import SamPredictor
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ class EmbeddingCache:
     def __init__(self, model: Sam, cache_dir: str | Path, max_pixels: int | None = None) -> None:
         self.model = model
         self.max_pixels = max_pixels
-        self.fingerprint = encoder_fingerprint(model)
+        self.fingerprint = image_encoder_digest(model)
         self.dir = Path(cache_dir) / f"embeddings-{self.fingerprint}"
         self.dir.mkdir(parents=True, exist_ok=True)
         self._predictor = SamPredictor(model)

@@ -7,8 +7,13 @@ under their folder as an image record. SA-1B stores one image + JSON pair per im
 RLE), bbox (XYWH), area, predicted_iou, stability_score, point_coords, crop_box}]}``. That
 is what the paper's retraining consumed, so ``segany train`` reads ``OUT/sa1b`` directly.
 ``point_coords`` holds the mask's innermost pixel (largest distance to the boundary), a
-point inside the mask as SA-1B records carry one. ``coco.json`` holds the same masks as class-agnostic COCO instances (category 1,
-"object") for tools that read COCO.
+point inside the mask as SA-1B records carry one. The SA-1B records are built and written by
+:mod:`segany.data.sa1b`, so their ``bbox`` is the official generator's (pixel indices, ``w =
+x_max - x_min``; a one-pixel mask has ``w = h = 0``), computed from the mask rather than
+taken from the store's ``bbox`` column. ``coco.json`` holds the same masks as class-agnostic COCO instances
+(category 1, "object") for tools that read COCO, and keeps COCO's own box convention there:
+``pycocotools.mask.toBbox`` extents (``w = x_max - x_min + 1``), which the store records
+with each mask and which COCO tools derive from an RLE themselves.
 
 Nothing partial is left behind: the whole export is written into a hidden staging folder
 inside ``OUT`` and moved into place (``sa1b`` and ``coco.json``, each by one rename) only
@@ -19,27 +24,19 @@ image whose file is gone is skipped and reported instead of failing the whole ex
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
+from ..atomic_files import write_json_atomic
+from ..data import sa1b
 from .store import Store
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _inner_point(rle: dict[str, Any]) -> list[float]:
@@ -64,6 +61,7 @@ def export_dataset(
     copy_images: bool = True,
     include_empty: bool = False,
     skipped: list[dict[str, Any]] | None = None,
+    before_release: Callable[[Path], Any] | None = None,
 ) -> dict[str, int]:
     """Write ``out_dir/sa1b/sa_<id>.{jpg|png,json}`` per annotated image plus ``out_dir/coco.json``.
 
@@ -74,6 +72,9 @@ def export_dataset(
         include_empty: also write images that have no masks.
         skipped: if given, receives one ``{"mask_id" | "image_id", "reason"}`` dict per mask
             row or image left out because it could not be read.
+        before_release: called with the finished, still hidden ``sa1b`` folder before it is
+            moved into place (``segany engine export --blur`` blurs faces and plates there,
+            so no unblurred copy is ever published); an error in it leaves nothing behind.
     Returns counts: images, masks (what was written; ``skipped`` lists what was not).
     """
     root = Path(out_dir)
@@ -113,20 +114,18 @@ def export_dataset(
                 file_name = str(src)
             annotations = []
             for m in rows:
-                ann = {
-                    "id": m.id,
-                    "segmentation": {"size": [int(v) for v in m.rle["size"]], "counts": m.rle["counts"]},
-                    "bbox": [float(v) for v in m.bbox],
-                    "area": int(m.area),
-                    "predicted_iou": float(m.score) if m.score is not None else 1.0,
-                    "stability_score": 1.0,
-                    "point_coords": [_inner_point(m.rle)],
-                    "crop_box": [0.0, 0.0, float(image.width), float(image.height)],
-                    "source": m.source,
-                    "annotator": m.annotator,
-                    "model_version": m.model_version,
-                    "seconds": m.seconds,
-                }
+                ann = sa1b.annotation_record(
+                    m.id,
+                    rle=m.rle,
+                    predicted_iou=float(m.score) if m.score is not None else 1.0,
+                    point_coords=[_inner_point(m.rle)],
+                    extra={
+                        "source": m.source,
+                        "annotator": m.annotator,
+                        "model_version": m.model_version,
+                        "seconds": m.seconds,
+                    },
+                )
                 annotations.append(ann)
                 coco["annotations"].append(
                     {
@@ -135,21 +134,21 @@ def export_dataset(
                         "category_id": 1,
                         "segmentation": ann["segmentation"],
                         "area": ann["area"],
-                        "bbox": ann["bbox"],
+                        "bbox": [float(v) for v in m.bbox],  # the store's box: COCO's toBbox convention
                         "iscrowd": 0,
                     }
                 )
-            record = {
-                "image": {"image_id": image.id, "width": image.width, "height": image.height, "file_name": file_name},
-                "annotations": annotations,
-            }
-            _write_json(out / f"{stem}.json", record)
+            sa1b.write_json(
+                out / f"{stem}.json", sa1b.image_record(image.id, image.width, image.height, file_name), annotations
+            )
             coco["images"].append(
                 {"id": image.id, "width": image.width, "height": image.height, "file_name": file_name}
             )
             n_images += 1
             n_masks += len(annotations)
-        _write_json(staging / "coco.json", coco)
+        write_json_atomic(staging / "coco.json", coco)
+        if before_release is not None:
+            before_release(out)
         _swap_into_place(staging, root)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -9,13 +9,13 @@ and ``model_version``, and plots them.
 
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..atomic_files import atomic_path
 from .store import Store
 
 
@@ -82,8 +82,9 @@ def plot_statistics(rows: list[dict[str, Any]], path: str | Path) -> Path:
         ax.set_title(title)
     fig.suptitle("segany data engine: statistics per stage and model version")
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110)
+    finally:
+        plt.close(fig)
     return path

@@ -13,10 +13,10 @@ from typing import Any
 
 def model_version_of(model: Any) -> str:
     """A short name identifying the model that proposed masks (for the statistics)."""
-    from ..embeddings import encoder_fingerprint
+    from ..modeling.fingerprint import image_encoder_digest
 
     kind = "segany_default" if getattr(model, "is_trained", False) else f"untrained-{model.img_size}px"
-    return f"{kind}@{encoder_fingerprint(model)[:8]}"
+    return f"{kind}@{image_encoder_digest(model)[:8]}"
 
 
 def model_device(model: Any) -> str:

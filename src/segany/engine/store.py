@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..masks import coco_rle_bbox
+
 log = logging.getLogger(__name__)
 
 SOURCES = ("manual", "prefilled", "automatic")
@@ -75,7 +77,7 @@ class MaskRow:
     image_id: int
     rle: dict[str, Any]  # COCO (compressed) RLE, counts as str
     area: int
-    bbox: list[float]  # XYWH
+    bbox: list[float]  # XYWH in COCO's toBbox convention (w = x_max - x_min + 1), see _rle_bbox
     source: str
     annotator: str
     model_version: str
@@ -406,10 +408,14 @@ class _Cursor:
 
 
 def _rle_bbox(rle: dict[str, Any]) -> list[float]:
-    from pycocotools import mask as mask_utils
+    """The ``bbox`` column of a mask: COCO's ``toBbox`` XYWH (pixel extents, ``w = x_max -
+    x_min + 1``), not SA-1B's (pixel indices, ``w = x_max - x_min``).
 
-    coco = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
-    return [float(v) for v in mask_utils.toBbox(coco)]
+    Why COCO's: every database ever written holds these, the API returns them, and the
+    export's ``coco.json`` is where they go. The SA-1B export does not read this column; it
+    computes the official box from the RLE (:func:`segany.data.sa1b.mask_bbox`).
+    """
+    return coco_rle_bbox(rle)
 
 
 def _sqlite_open_error(url: str, exc: Exception) -> str:

@@ -36,6 +36,8 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from ..masks import batched_mask_to_box
+
 ITERATIONS = 5  # GrabCut's EM iterations, OpenCV's demo and the usual benchmark setting
 BOX_CONTEXT: float | None = None  # box: the whole image, as the original GrabCut
 CLICK_CONTEXT: float | None = 1.0  # clicks: ROI margin, in units of the clicked region's longer side
@@ -271,8 +273,11 @@ def grabcut_clicks(
     if not (fg_seed.any() or (init_fg & (seeds != 0)).any()):
         return np.zeros((h, w), dtype=bool)
 
-    ys, xs = np.nonzero(_pointed_region(xy, positive, (h, w), radius, window) | fg_seed)
-    rx0, ry0, rx1, ry1 = _roi((int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())), (h, w), context)
+    anchor = _pointed_region(xy, positive, (h, w), radius, window) | fg_seed
+    if not anchor.any():  # a previous mask but no positive click: nothing to anchor the ROI on
+        raise ValueError("the region of interest needs a positive click")
+    bx0, by0, bx1, by1 = (int(v) for v in batched_mask_to_box(anchor).tolist())
+    rx0, ry0, rx1, ry1 = _roi((bx0, by0, bx1, by1), (h, w), context)
     roi = np.ascontiguousarray(img[ry0 : ry1 + 1, rx0 : rx1 + 1])
     lab = np.where(init_fg[ry0 : ry1 + 1, rx0 : rx1 + 1], cv2.GC_PR_FGD, cv2.GC_PR_BGD).astype(np.uint8)
     for sl, inside in (

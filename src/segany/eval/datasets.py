@@ -11,7 +11,6 @@ SA-1B the image record's fields) which ``segany eval fairness`` groups by.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic_files import is_partial_file
 from ..image_io import load_image
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
@@ -228,32 +228,25 @@ def cvppp_a1(root: Path) -> list[EvalImage]:
 
 # --------------------------------------------------------------------------- SA-1B
 def sa1b_folder(folder: Path, name: str = "sa1b") -> list[EvalImage]:
-    """An SA-1B-format folder: ``<id>.json`` ({"image": {...}, "annotations": [{"segmentation": RLE}]}) + images."""
-    from pycocotools import mask as mask_utils
+    """An SA-1B-format folder: ``<id>.json`` ({"image": {...}, "annotations": [{"segmentation": RLE}]}) + images.
+
+    Read with :mod:`segany.data.sa1b` (the one SA-1B reader); a malformed file raises its
+    ``SA1BError`` (a ``ValueError``).
+    """
+    from ..data import sa1b
 
     folder = _require_dir(Path(folder), "SA-1B folder")
     out = []
-    for jp in sorted(folder.glob("*.json")):
-        try:
-            with open(jp) as f:
-                head = json.load(f)
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"cannot read SA-1B annotation {jp}: {exc}") from exc
-        if "image" not in head or "annotations" not in head:
-            raise ValueError(f"{jp} is not an SA-1B annotation file (needs 'image' and 'annotations')")
-        info = head["image"]
+    for jp in sorted(p for p in folder.glob("*.json") if not is_partial_file(p)):  # not a write in progress
+        info = sa1b.load_json(jp)["image"]
         img_path = folder / info.get("file_name", jp.stem + ".jpg")
         image_meta = {k: v for k, v in info.items() if isinstance(v, str | int | float) and k != "file_name"}
 
         def load(jp: Path = jp, image_meta: dict[str, Any] = image_meta) -> EvalObjects:
-            with open(jp) as f:
-                anns = json.load(f)["annotations"]
+            anns = sa1b.load_json(jp)["annotations"]
             masks, meta = [], []
             for a in anns:
-                rle = dict(a["segmentation"])
-                if isinstance(rle.get("counts"), str):
-                    rle["counts"] = rle["counts"].encode()
-                m = mask_utils.decode(rle).astype(bool)
+                m = sa1b.decode_rle(a["segmentation"])
                 masks.append(m)
                 extra = {k: v for k, v in a.items() if isinstance(v, str | int | float) and k not in ("area",)}
                 meta.append(_meta(name, jp.stem, m, **image_meta, **extra))

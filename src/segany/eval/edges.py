@@ -33,8 +33,9 @@ from ..automatic.presets import preset
 from ..image_io import load_image
 from ..masks import batched_mask_to_box
 from ..modeling import Sam
+from ..modeling.fingerprint import sampled_weights_digest
 from ..predictor import SamPredictor
-from . import baselines, bsds, report, resume, runner
+from . import baselines, bsds, report, runner
 from .edge_nms import edge_nms
 from .paper import EDGES_TABLE3
 
@@ -221,7 +222,7 @@ class EdgesExperiment(runner.Experiment):
 
     def _signature(self, method: str) -> dict[str, Any]:
         if method == "segany":
-            return {**self.common, "model": resume.model_fingerprint(self.model), "preset": preset("edges", **self.overrides)}
+            return {**self.common, "model": sampled_weights_digest(self.model), "preset": preset("edges", **self.overrides)}
         return {**self.common, "method": method}
 
     def parts(self) -> dict[str, dict[str, Any]]:

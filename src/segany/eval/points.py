@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..modeling.fingerprint import sampled_weights_digest
 from ..predictor import SamPredictor
 from . import clicks, report, resume, runner
 from .datasets import EvalImage, EvalObjects, objects_and_pixels
@@ -302,7 +303,7 @@ class PointsExperiment(ClickExperiment):
 
 def _signature(predictor: SamPredictor, **settings: Any) -> dict[str, Any]:
     """What determines a click simulation's results: the weights, the reported click counts and NoC thresholds, the settings."""
-    return {"model": resume.model_fingerprint(predictor.model), "clicks": CLICK_COUNTS, "noc": NOC_THRESHOLDS, **settings}
+    return {"model": sampled_weights_digest(predictor.model), "clicks": CLICK_COUNTS, "noc": NOC_THRESHOLDS, **settings}
 
 
 def record_key(idx: int, im: EvalImage) -> str:

@@ -33,6 +33,8 @@ from typing import Any, cast
 import numpy as np
 import torch
 
+from ..masks import batched_mask_to_box
+from ..modeling.fingerprint import sampled_weights_digest
 from ..predictor import SamPredictor
 from . import classical, clicks, points, report, resume, runner
 from .datasets import EvalImage, EvalObjects, objects_and_pixels
@@ -84,11 +86,16 @@ def _at(trace: Sequence[float], n: int) -> float:
 
 
 def tight_box(mask: np.ndarray) -> np.ndarray:
-    """XYXY tight box of a non-empty mask, last row/column inclusive (SAM's convention for boxes from masks)."""
-    ys, xs = np.nonzero(mask)
-    if ys.size == 0:
+    """XYXY tight box of a non-empty mask, last row/column inclusive (SAM's convention for boxes from masks).
+
+    :func:`segany.masks.batched_mask_to_box`, except that an empty mask is an error here: a
+    ground-truth object with no pixels has no box prompt (the official [0, 0, 0, 0] would be
+    scored as if it were one).
+    """
+    m = np.asarray(mask, dtype=bool)
+    if not m.any():
         raise ValueError("cannot take the box of an empty mask")
-    return np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=np.int64)
+    return batched_mask_to_box(m).numpy()
 
 
 def model_box_ious(
@@ -370,7 +377,7 @@ class PromptsExperiment(runner.Experiment):
 
     def signature(self) -> dict[str, Any]:
         b = self.baselines
-        return {"model": resume.model_fingerprint(self.predictor.model), "baselines": sorted(b.methods),
+        return {"model": sampled_weights_digest(self.predictor.model), "baselines": sorted(b.methods),
                 "grabcut_iters": b.iters, "grabcut_box_context": b.box_context,
                 "grabcut_click_context": b.click_context, "seed": b.seed, "clicks": N_CLICKS}
 

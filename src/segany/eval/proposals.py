@@ -19,7 +19,8 @@ import numpy as np
 from ..automatic import SamAutomaticMaskGenerator, preset
 from ..masks import coco_encode_rle
 from ..modeling import Sam
-from . import report, resume, runner
+from ..modeling.fingerprint import sampled_weights_digest
+from . import report, runner
 from .datasets import EvalImage
 from .paper import PROPOSALS_AR1000
 
@@ -74,7 +75,7 @@ class ProposalsExperiment(runner.Experiment):
     def signature(self) -> dict[str, Any]:
         # "selection" names how proposals are chosen, so records of the earlier rule (empty masks with
         # a NaN rank first in the top-1000 cut, and kept as proposals) are recomputed, never mixed in.
-        return {"model": resume.model_fingerprint(self.model), "preset": self.settings,
+        return {"model": sampled_weights_digest(self.model), "preset": self.settings,
                 "selection": PROPOSAL_SELECTION}
 
     def key(self, dataset: str, index: int, item: EvalImage) -> str:

@@ -1,33 +1,21 @@
 """Report writing: ``report.json`` (machine-readable), ``report.md`` (for people) and PNG figures.
 
-Every file is written to a temporary name in the output folder and renamed into place, so a
-crashed or interrupted run never leaves a half-written report that looks complete.
+Every file is written to a temporary name in the output folder and renamed into place
+(:mod:`segany.atomic_files`), so a crashed or interrupted run never leaves a half-written
+report that looks complete.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+from ..atomic_files import atomic_path, write_bytes_atomic, write_text_atomic
 
 
 def _jsonable(obj: Any) -> Any:
@@ -49,28 +37,22 @@ def _jsonable(obj: Any) -> Any:
 
 def write_json(path: Path, obj: Any) -> None:
     """JSON with numpy values converted and NaN written as null."""
-    _atomic_write(Path(path), (json.dumps(_jsonable(obj), indent=2) + "\n").encode())
+    write_text_atomic(path, json.dumps(_jsonable(obj), indent=2) + "\n")
 
 
 def write_text(path: Path, text: str) -> None:
-    _atomic_write(Path(path), text.encode())
+    write_text_atomic(path, text)
 
 
 def save_figure(fig: Any, path: Path, dpi: int = 110) -> None:
     """Save a matplotlib figure atomically and close it."""
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:  # the temp keeps the suffix: savefig picks the format by it
+            fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def save_image(path: Path, rgb: np.ndarray) -> None:
@@ -83,7 +65,7 @@ def save_image(path: Path, rgb: np.ndarray) -> None:
     ok, buf = cv2.imencode(".png", arr)
     if not ok:
         raise RuntimeError(f"cannot encode {path} as PNG")
-    _atomic_write(Path(path), buf.tobytes())
+    write_bytes_atomic(path, buf.tobytes())
 
 
 def fmt(x: Any, digits: int = 3) -> str:
@@ -161,13 +143,11 @@ def partial_field(finished: int, skipped: int) -> dict[str, int]:
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] = (30, 144, 255), alpha: float = 0.5) -> np.ndarray:
-    """``image`` with ``mask`` tinted in ``color`` and its outline drawn (HxWx3 uint8)."""
-    import cv2
+    """``image`` with ``mask`` tinted in ``color`` and outlined (HxWx3 uint8), for figures.
 
-    out = image.astype(np.float32).copy()
-    m = np.asarray(mask, dtype=bool)
-    out[m] = out[m] * (1 - alpha) + np.array(color, np.float32) * alpha
-    out = out.astype(np.uint8)
-    contours, _ = cv2.findContours(m.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    cv2.drawContours(out, contours, -1, tuple(int(c) for c in color), 1)
-    return out
+    :func:`segany.visualize.overlay_masks` of one mask; figures with several masks call it
+    once per mask, each over the last.
+    """
+    from ..visualize import overlay_masks
+
+    return overlay_masks(image, [mask], alpha=alpha, colors=[color])

@@ -27,31 +27,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
 from . import report
 
 SIGNATURE_FILE = "signature.json"
-
-
-def model_fingerprint(model: torch.nn.Module | None) -> str:
-    """A short digest of a model's weights: names, shapes and an evenly spaced sample of values.
-
-    Hashing every byte of ViT-H (2.5 GB) would take seconds for no gain: two different
-    checkpoints that agree on names, shapes and 4096 sampled values per tensor do not occur.
-    """
-    if model is None:
-        return "none"
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        flat = t.detach().reshape(-1).float().cpu()
-        if flat.numel() > 4096:
-            flat = flat[torch.linspace(0, flat.numel() - 1, 4096).long()]
-        h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(flat.numpy().astype(np.float32).tobytes())
-    return h.hexdigest()[:16]
 
 
 class ResumeStore:

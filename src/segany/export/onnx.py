@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..atomic_files import atomic_path
 from ..modeling import Sam
 
 DECODER_INPUTS = ["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input", "orig_im_size"]
@@ -227,13 +228,6 @@ def _cpu_float32(model: Sam) -> Sam:
     return copy.deepcopy(model).to(device="cpu", dtype=torch.float32).eval()
 
 
-def _atomic_target(path: str | os.PathLike) -> tuple[Path, Path]:
-    out = Path(path)
-    if out.parent and not out.parent.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
-    return out, out.with_name(out.name + ".tmp")
-
-
 def _torch_export(module: nn.Module, args: tuple, path: Path, input_names: list[str], output_names: list[str],
                   dynamic_axes: dict, opset: int) -> None:
     """TorchScript-based ONNX export (the path the official model uses): it keeps the
@@ -255,6 +249,22 @@ def _torch_export(module: nn.Module, args: tuple, path: Path, input_names: list[
             dynamic_axes=dynamic_axes,
             dynamo=False,
         )
+
+
+def _write_onnx(module: nn.Module, args: tuple, path: str | os.PathLike, input_names: list[str],
+                output_names: list[str], dynamic_axes: dict, opset: int, quantize: bool) -> Path:
+    """Trace ``module`` into the ONNX file ``path`` (uint8-quantised when ``quantize``); returns its path.
+
+    The one write step of both exports: the graph goes to a temp file that replaces ``path``
+    only once it is complete (and quantised), so a failed or interrupted export never leaves a
+    half-written model where the annotation page or another tool would load it."""
+    out = Path(path)
+    with atomic_path(out) as tmp:
+        with torch.no_grad():
+            _torch_export(module, args, tmp, input_names, output_names, dynamic_axes, opset)
+        if quantize:
+            _quantize_in_place(tmp)
+    return out
 
 
 def decoder_example_inputs(n_points: int = 3, embed_dim: int = 256, grid: int = 64) -> dict[str, torch.Tensor]:
@@ -289,7 +299,6 @@ def export_decoder(
     The graph is traced on the CPU in float32 (a copy, when ``model`` is on another device or
     in another dtype: the caller's model is left where it is).
     """
-    out, tmp = _atomic_target(path)
     wrapper = SamOnnxDecoder(
         _cpu_float32(model),
         return_single_mask=return_single_mask,
@@ -300,15 +309,7 @@ def export_decoder(
     inputs = decoder_example_inputs(embed_dim=model.prompt_encoder.embed_dim, grid=grid)
     outputs = DECODER_OUTPUTS + (EXTRA_OUTPUTS if return_extra_metrics else [])
     dynamic = {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}, "masks": {2: "height", 3: "width"}}
-    try:
-        with torch.no_grad():
-            _torch_export(wrapper, tuple(inputs.values()), tmp, DECODER_INPUTS, outputs, dynamic, opset)
-        if quantize:
-            _quantize_in_place(tmp)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
+    return _write_onnx(wrapper, tuple(inputs.values()), path, DECODER_INPUTS, outputs, dynamic, opset, quantize)
 
 
 def export_encoder(
@@ -322,7 +323,6 @@ def export_encoder(
     """Write the image-encoder ONNX file (temp file, then rename); returns its path.
 
     Traced on the CPU in float32, like :func:`export_decoder`."""
-    out, tmp = _atomic_target(path)
     wrapper = SamOnnxEncoder(_cpu_float32(model), with_preprocess=with_preprocess).eval()
     size = int(model.img_size)
     if with_preprocess:
@@ -331,15 +331,7 @@ def export_encoder(
     else:
         example = torch.randn(1, 3, size, size)
         names, dynamic = ["image"], {}
-    try:
-        with torch.no_grad():
-            _torch_export(wrapper, (example,), tmp, names, ["image_embeddings"], dynamic, opset)
-        if quantize:
-            _quantize_in_place(tmp)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
+    return _write_onnx(wrapper, (example,), path, names, ["image_embeddings"], dynamic, opset, quantize)
 
 
 def _quantize_in_place(path: Path) -> None:
@@ -347,12 +339,8 @@ def _quantize_in_place(path: Path) -> None:
         from onnxruntime.quantization import QuantType, quantize_dynamic
     except ImportError as exc:  # pragma: no cover - onnxruntime is a dependency
         raise RuntimeError("uint8 quantisation needs onnxruntime (pip install onnxruntime)") from exc
-    q = path.with_name(path.name + ".q")
-    try:
+    with atomic_path(path) as q:
         quantize_dynamic(str(path), str(q), weight_type=QuantType.QUInt8, per_channel=False, reduce_range=False)
-        os.replace(q, path)
-    finally:
-        q.unlink(missing_ok=True)
 
 
 def decoder_feeds(

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from ..atomic_files import atomic_path
 from .config import EMBEDDING_GRID, MODEL_CONFIGS, SamConfig
 from .convert_hf import HFLayoutError, convert_hf_state_dict, is_hf_layout
 from .sam import Sam
@@ -424,6 +425,5 @@ def save_checkpoint(
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=meta)

@@ -35,6 +35,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from ..atomic_files import atomic_path, write_text_atomic
 from ..data.crops import CropConfig, CropDataset, CropSample
 from ..data.dataset import SA1BDataset, TrainSample
 from ..modeling.registry import build_model, save_checkpoint
@@ -475,9 +476,8 @@ class Trainer:
             "rng": {"torch": torch.get_rng_state()},
             "config": json.dumps(self.config.to_dict()),
         }
-        tmp = self.ckpt_path.with_name(self.ckpt_path.name + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.ckpt_path)
+        with atomic_path(self.ckpt_path) as tmp:
+            torch.save(state, tmp)
         if getattr(self.sam, "config", None) is None:
             return  # a custom model without a SamConfig: only checkpoint.pt describes it
         meta = {"train_step": str(self.step), "train_config": json.dumps(self.config.to_dict())}
@@ -503,9 +503,7 @@ class Trainer:
                     line for line in log.read_text().splitlines()
                     if line.strip() and json.loads(line).get("step", 0) <= self.step
                 ]
-                tmp = log.with_name(log.name + ".tmp")
-                tmp.write_text("".join(line + "\n" for line in kept))
-                os.replace(tmp, log)
+                write_text_atomic(log, "".join(line + "\n" for line in kept))
 
     # ---------------------------------------------------------------- synthetic stage
     def _synthetic_stage(self) -> None:
@@ -520,9 +518,7 @@ class Trainer:
         self.sam.train()
         if self.rank == 0:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            tmp = self.out_dir / "synthetic.jsonl.tmp"
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in log))
-            os.replace(tmp, self.out_dir / "synthetic.jsonl")
+            write_text_atomic(self.out_dir / "synthetic.jsonl", "".join(json.dumps(r) + "\n" for r in log))
             print(f"synthetic decoder stage: {self.config.synthetic.steps} steps, last-100 IoU {summary['iou']:.3f}", flush=True)
         self.save()
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..masks import mask_iou as binary_mask_iou
+
 
 @dataclass(frozen=True)
 class LossConfig:
@@ -49,12 +51,12 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -
 
 
 def mask_iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """IoU of ``logits > 0`` with ``target`` over the pixel dims (1 when both are empty)."""
-    pred = logits > 0
-    target = target.bool()
-    inter = (pred & target).flatten(-2).sum(-1).float()
-    union = (pred | target).flatten(-2).sum(-1).float()
-    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+    """IoU of ``logits > 0`` with ``target`` over the pixel dims (1 when both are empty).
+
+    The training metric and the IoU head's regression target: :func:`segany.masks.mask_iou`
+    mask against mask, in float32, on the logits' device.
+    """
+    return binary_mask_iou(logits > 0, target, pairwise=False)
 
 
 def downsample_targets(masks: torch.Tensor, size: int) -> torch.Tensor:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..masks import batched_mask_to_box
 from ..modeling.prompt_encoder import PromptEncoder
 from ..modeling.sam import Sam
 
@@ -108,17 +109,12 @@ def sample_points(region: torch.Tensor, generator: torch.Generator) -> tuple[tor
 
 
 def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
-    """Tight XYXY boxes (inclusive pixel coordinates) of MxHxW non-empty bool masks."""
-    m, h, w = masks.shape
-    rows = masks.any(dim=2)
-    cols = masks.any(dim=1)
-    ar_h = torch.arange(h, device=masks.device)
-    ar_w = torch.arange(w, device=masks.device)
-    y0 = torch.where(rows, ar_h, h).min(dim=1).values
-    y1 = torch.where(rows, ar_h, -1).max(dim=1).values
-    x0 = torch.where(cols, ar_w, w).min(dim=1).values
-    x1 = torch.where(cols, ar_w, -1).max(dim=1).values
-    return torch.stack([x0, y0, x1, y1], dim=1).float()
+    """Tight XYXY boxes (inclusive pixel coordinates) of MxHxW non-empty bool masks.
+
+    :func:`segany.masks.batched_mask_to_box` as float32: box prompts are continuous
+    coordinates that :func:`noisy_boxes` perturbs (exact, the indices are far below 2**24).
+    """
+    return batched_mask_to_box(masks).float()
 
 
 def noisy_boxes(

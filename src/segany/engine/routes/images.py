@@ -9,7 +9,6 @@ so the tests can watch where decoding runs.
 
 from __future__ import annotations
 
-import os
 import uuid
 from pathlib import Path
 from typing import Annotated
@@ -19,6 +18,7 @@ from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
+from ...atomic_files import atomic_path
 from ...image_io import ImageError
 from .. import image_files
 from ..security import Annotator, PathOutsideRoots, is_present_file, resolve_under_roots, safe_upload_name
@@ -79,9 +79,9 @@ async def upload(
     ctx: Context,
     _: Annotator,
 ) -> dict:
-    """Stream the body into ``<name>.part`` (the cap is counted as it arrives), decode it off
-    the event loop, then move it into place; a refused upload leaves nothing on disk, and a
-    file is never left without its row."""
+    """Stream the body into a hidden temporary file beside its final name (the cap is counted
+    as it arrives), decode it off the event loop, then move it into place; a refused upload
+    leaves nothing on disk, and a file is never left without its row."""
     config = ctx.config
     if config.upload_dir is None:
         raise HTTPException(403, "uploads are disabled (start the server with --upload-dir)")
@@ -90,28 +90,25 @@ async def upload(
     except ValueError as exc:
         raise HTTPException(400, str(exc)) from None
     target = config.upload_dir / f"{uuid.uuid4().hex[:8]}-{name}"
-    tmp = target.with_name(target.name + ".part")
     size = 0
     try:
-        with open(tmp, "wb") as f:
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > config.max_upload_bytes:
-                    raise HTTPException(413, f"upload larger than the limit of {config.max_upload_bytes} bytes")
-                f.write(chunk)
-        if size == 0:
-            raise HTTPException(400, "not a readable image: the upload is empty")
-        try:
-            # Decoding takes seconds on a large image: off the event loop, or every
-            # other request (other annotators' saves included) waits for it.
-            w, h = await run_in_threadpool(image_files.image_size, tmp, config.max_pixels)
-        except ImageError as exc:
-            raise image_error(exc, tmp, name) from None
-        os.replace(tmp, target)
+        with atomic_path(target) as tmp:  # any refusal below removes the temp file
+            with open(tmp, "wb") as f:
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > config.max_upload_bytes:
+                        raise HTTPException(413, f"upload larger than the limit of {config.max_upload_bytes} bytes")
+                    f.write(chunk)
+            if size == 0:
+                raise HTTPException(400, "not a readable image: the upload is empty")
+            try:
+                # Decoding takes seconds on a large image: off the event loop, or every
+                # other request (other annotators' saves included) waits for it.
+                w, h = await run_in_threadpool(image_files.image_size, tmp, config.max_pixels)
+            except ImageError as exc:
+                raise image_error(exc, tmp, name) from None
     except OSError as exc:
         raise HTTPException(507, f"cannot store the upload: {exc.strerror or type(exc).__name__}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
     try:
         image_id = await run_in_threadpool(config.store.add_image, target, w, h)
     except BaseException:

@@ -62,6 +62,9 @@ def checked_rle(body: SaveMask, image: ImageRow) -> dict[str, Any]:
 def list_masks(image_id: Id, ctx: Context, _: Annotator, runs: bool = False) -> Response:
     """Accepted masks; ``runs=1`` adds uncompressed column-major runs (the page's format).
 
+    ``bbox`` is the store's: COCO's ``toBbox`` extents (``w = x_max - x_min + 1``), as in
+    the export's ``coco.json``; the SA-1B export recomputes the official box instead.
+
     A stored row that cannot be read (written by an older version that did not check
     RLEs) is left out and named in the ``X-Skipped-Masks`` header and the server log,
     so one bad row does not make the image unusable.
