@@ -27,9 +27,16 @@ when more prompts disambiguate (the rule of the paper's interactive setting).
 The prompt encoder is not called through ``PromptEncoder.forward``, whose Python ``if``s
 on the prompt kinds cannot be traced into one graph: the point tokens come from its one
 token embedder (``PromptEncoder.embed_point_tokens``, box corners as labels 2/3), the mask
-prompt is blended in with arithmetic on ``has_mask_input``, and the decoder is the
-reference :class:`~segany.modeling.mask_decoder.MaskDecoder`. The numerics are the same as
-the PyTorch predictor's to float32 precision (tested to 1e-4).
+prompt is blended in with arithmetic on ``has_mask_input``, and the decoder is the one
+exact cached inference path of the PyTorch predictor and the automatic generator
+(:func:`~segany.modeling.cached_decoder.decode_cached`, with its re-associated
+cross-attention and channels-last upscaling). The graph cannot branch on
+``has_mask_input``, so every call carries its own dense prompt: the image tokens come from
+:func:`~segany.modeling.cached_decoder.mask_prompt_tokens` and the per-image cache is the
+slim :meth:`DecoderImageCache.for_image_tokens
+<segany.modeling.decoder_cache.DecoderImageCache.for_image_tokens>` (positional encoding
+and upscaling weights, which constant folding turns into initializers). The numerics are
+the same as the PyTorch predictor's to float32 precision (tested to 1e-4).
 """
 
 from __future__ import annotations
@@ -45,6 +52,8 @@ from torch import nn
 
 from ..atomic_files import atomic_path
 from ..modeling import Sam
+from ..modeling.cached_decoder import decode_cached, mask_prompt_tokens
+from ..modeling.decoder_cache import DecoderImageCache
 
 DECODER_INPUTS = ["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input", "orig_im_size"]
 DECODER_OUTPUTS = ["masks", "iou_predictions", "low_res_masks"]
@@ -135,7 +144,10 @@ class SamOnnxDecoder(nn.Module):
         # labels 2/3 (box corners) share the point tensor, as in the official ONNX model
         sparse = self.prompt_encoder.embed_point_tokens(point_coords, point_labels)
         dense = self._dense_embeddings(mask_input, has_mask_input)
-        low_res, iou = self.mask_decoder.predict_masks(image_embeddings, self.dense_pe, sparse, dense)
+        # Built from weights and constants only, so the exported graph holds it as initializers.
+        cache = DecoderImageCache.for_image_tokens(self.mask_decoder, self.dense_pe)
+        image_tokens = mask_prompt_tokens(image_embeddings, dense, 1)
+        low_res, iou = decode_cached(self.mask_decoder, cache, sparse, slice(None), image_tokens)
         if self.use_stability_score:
             iou = self._stability(low_res)
         if self.return_single_mask:

@@ -57,6 +57,8 @@ def cached_transformer(
     still runs re-associated.
     """
     transformer: TwoWayTransformer = decoder.transformer  # type: ignore[assignment]
+    if image_tokens is None and cache.image_tokens_only:
+        raise ValueError("this cache (DecoderImageCache.for_image_tokens) decodes only with image_tokens")
     b = sparse_prompt_embeddings.shape[0]
     tokens = decoder.output_tokens(sparse_prompt_embeddings)
     key_pe = cache.key_pe

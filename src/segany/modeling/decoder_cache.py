@@ -53,6 +53,9 @@ class DecoderImageCache:
     """4*C2: its bias."""
     grid: tuple[int, int]
     """(H, W) of the image embedding (64, 64): ``keys`` reshapes to 1xHxWxC."""
+    image_tokens_only: bool = False
+    """True for a cache from :meth:`for_image_tokens`: ``keys``, ``t2i_k``, ``t2i_v`` and
+    ``i2t_q`` are empty, so it decodes only with per-prompt ``image_tokens``."""
 
     @classmethod
     def build(cls, decoder: MaskDecoder, src: torch.Tensor, image_pe: torch.Tensor) -> DecoderImageCache:
@@ -87,6 +90,42 @@ class DecoderImageCache:
             up2_w=up2_w,
             up2_b=up2_b,
             grid=(int(src.shape[-2]), int(src.shape[-1])),
+        )
+
+    @classmethod
+    def for_image_tokens(cls, decoder: MaskDecoder, image_pe: torch.Tensor) -> DecoderImageCache:
+        """A cache holding only what decoding with per-prompt ``image_tokens`` reads: the
+        positional encoding as tokens, the re-laid-out upscaling weights and the grid.
+
+        Why: when every call carries its own dense prompt (the ONNX decoder blends the mask
+        prompt in arithmetically, so its graph cannot branch to the no-mask cache) the image
+        tokens come from :func:`~segany.modeling.cached_decoder.mask_prompt_tokens`, and the
+        cached no-mask ``keys`` and first-layer projections of :meth:`build` -- three
+        4096x256x256 products -- would be computed for nothing. Those fields are left empty
+        (``image_tokens_only`` is set, and decoding without ``image_tokens`` is refused).
+
+        Args:
+            decoder: the mask decoder that will decode with it.
+            image_pe: 1xCxHxW dense positional encoding (``PromptEncoder.get_dense_pe()``).
+        """
+        dtype = decoder.iou_token.weight.dtype
+        image_pe = image_pe.to(dtype)
+        up1, _, _, up2, _ = decoder.output_upscaling
+        up1_w, up1_b = _conv_transpose_as_matmul(up1)
+        up2_w, up2_b = _conv_transpose_as_matmul(up2)
+        empty = image_pe.new_empty(0)
+        return cls(
+            keys=empty,
+            key_pe=image_pe.flatten(2).transpose(1, 2).contiguous(),
+            t2i_k=empty,
+            t2i_v=empty,
+            i2t_q=empty,
+            up1_w=up1_w,
+            up1_b=up1_b,
+            up2_w=up2_w,
+            up2_b=up2_b,
+            grid=(int(image_pe.shape[-2]), int(image_pe.shape[-1])),
+            image_tokens_only=True,
         )
 
 
