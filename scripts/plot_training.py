@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("run", type=Path, help="training output folder (metrics.jsonl, val.jsonl)")
     ap.add_argument("--out", type=Path, default=None, help="PNG to write (default RUN/curve.png)")
     ap.add_argument("--window", type=int, default=100, help="running-mean window in steps")
+    ap.add_argument("--start-hours", type=float, default=0.0,
+                    help="compute hours of earlier pieces whose logs are gone (a run restarted with --init-from)")
+    ap.add_argument("--start-step", type=int, default=0, help="steps of those earlier pieces (added to the step count)")
     args = ap.parse_args(argv)
     rows = _read(args.run / "metrics.jsonl")
     if not rows:
@@ -60,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    hours = np.cumsum(_step_seconds(rows)) / 3600.0
+    hours = args.start_hours + np.cumsum(_step_seconds(rows)) / 3600.0
     step_hours = dict(zip((r["step"] for r in rows), hours))
     val = [v for v in _read(args.run / "val.jsonl") if v["step"] in step_hours]
     fig, (ax_loss, ax_iou) = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -79,12 +82,17 @@ def main(argv: list[str] | None = None) -> int:
     ax_iou.set_ylim(0, 1)
     ax_iou.grid(alpha=0.3)
     ax_iou.legend(loc="lower right", fontsize=8)
-    fig.suptitle(f"{args.run.name}: {rows[-1]['step']} steps, {hours[-1]:.2f} h")
+    total = args.start_step + rows[-1]["step"]
+    since = f" (this log from step {args.start_step}, {args.start_hours:.2f} h)" if args.start_step or args.start_hours else ""
+    fig.suptitle(f"{args.run.name}: {total} steps, {hours[-1]:.2f} h{since}")
+    if args.start_hours:
+        for ax in (ax_loss, ax_iou):
+            ax.axvline(args.start_hours, color="grey", lw=0.8, ls="--")
     fig.tight_layout()
     out = args.out or args.run / "curve.png"
     with atomic_path(out) as tmp:  # creates the folder; a failed save leaves the old curve
         fig.savefig(tmp, dpi=110)
-    print(f"wrote {out} ({rows[-1]['step']} steps, {hours[-1]:.2f} compute hours, {len(val)} validations)")
+    print(f"wrote {out} ({total} steps, {hours[-1]:.2f} compute hours, {len(val)} validations)")
     return 0
 
 
