@@ -179,33 +179,21 @@ def write_all_or_nothing(items: Sequence[tuple[str | os.PathLike, Callable[[Path
     """Write several files so that either all of them get their final names or none does.
 
     Why: a mask whose overlay failed to render (or a JSON whose overlay did) is a half
-    result that a later run or a user would take for a whole one. Every ``write(tmp)`` runs
-    first, into temporary names in the destination folders (each created just before its
-    file is written); only when all succeeded are they renamed into place. On any failure
-    the temporary files are removed (and files already renamed by this call are removed
-    again) and the error is raised, naming the output it was writing.
+    result that a later run or a user would take for a whole one. :func:`atomic_paths` with
+    one ``write(tmp)`` per target: every write runs first, into temporary names in the
+    destination folders, and only when all succeeded are they renamed into place; a failing
+    write's error names the output it was writing.
     """
-    pairs: list[tuple[Path, Path]] = []
-    try:
-        for path, write in items:
-            target = Path(path)
-            tmp = _reserve(target)
-            pairs.append((tmp, target))
+    items = list(items)
+    with atomic_paths([path for path, _ in items]) as temps:
+        for tmp, (path, write) in zip(temps, items):
             try:
                 write(tmp)
-            except BaseException as exc:
-                renamed = _naming_target(exc, {str(tmp): target})
+            except BaseException as exc:  # name this output (the group cannot tell which one failed)
+                renamed = _naming_target(exc, {str(tmp): Path(path)})
                 if renamed is not None:
                     raise renamed from exc
                 raise
-        _commit(pairs)
-    except BaseException as exc:
-        for tmp, _ in pairs:
-            tmp.unlink(missing_ok=True)
-        renamed = _naming_target(exc, {str(tmp): target for tmp, target in pairs})  # a failed rename
-        if renamed is not None:
-            raise renamed from exc
-        raise
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:

@@ -76,20 +76,14 @@ class DecoderImageCache:
         layer = transformer.layers[0]
         t2i, i2t = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
         k = keys + key_pe
-        up1, _, _, up2, _ = decoder.output_upscaling
-        up1_w, up1_b = _conv_transpose_as_matmul(up1)
-        up2_w, up2_b = _conv_transpose_as_matmul(up2)
         return cls(
             keys=keys.contiguous(),
             key_pe=key_pe.contiguous(),
             t2i_k=t2i.separate_heads(t2i.k_proj(k)),
             t2i_v=t2i.separate_heads(t2i.v_proj(keys)),
             i2t_q=i2t.separate_heads(i2t.q_proj(k)),
-            up1_w=up1_w,
-            up1_b=up1_b,
-            up2_w=up2_w,
-            up2_b=up2_b,
             grid=(int(src.shape[-2]), int(src.shape[-1])),
+            **_upscaling_as_matmuls(decoder),
         )
 
     @classmethod
@@ -110,9 +104,6 @@ class DecoderImageCache:
         """
         dtype = decoder.iou_token.weight.dtype
         image_pe = image_pe.to(dtype)
-        up1, _, _, up2, _ = decoder.output_upscaling
-        up1_w, up1_b = _conv_transpose_as_matmul(up1)
-        up2_w, up2_b = _conv_transpose_as_matmul(up2)
         empty = image_pe.new_empty(0)
         return cls(
             keys=empty,
@@ -120,13 +111,18 @@ class DecoderImageCache:
             t2i_k=empty,
             t2i_v=empty,
             i2t_q=empty,
-            up1_w=up1_w,
-            up1_b=up1_b,
-            up2_w=up2_w,
-            up2_b=up2_b,
             grid=(int(image_pe.shape[-2]), int(image_pe.shape[-1])),
             image_tokens_only=True,
+            **_upscaling_as_matmuls(decoder),
         )
+
+
+def _upscaling_as_matmuls(decoder: MaskDecoder) -> dict[str, torch.Tensor]:
+    """The cache's ``up1_w``, ``up1_b``, ``up2_w``, ``up2_b``: both upscaling convs re-laid out."""
+    up1, _, _, up2, _ = decoder.output_upscaling
+    up1_w, up1_b = _conv_transpose_as_matmul(up1)
+    up2_w, up2_b = _conv_transpose_as_matmul(up2)
+    return {"up1_w": up1_w, "up1_b": up1_b, "up2_w": up2_w, "up2_b": up2_b}
 
 
 def _conv_transpose_as_matmul(conv: nn.ConvTranspose2d) -> tuple[torch.Tensor, torch.Tensor]:
