@@ -29,6 +29,7 @@ from segany.train.prompts import (
     noisy_boxes,
     sample_points,
     simulate_episode,
+    warmup_clicks,
 )
 
 
@@ -51,14 +52,25 @@ def narrow_sam(seed: int = 0) -> Sam:
     masks): the training code is shape-generic, and this runs 100x faster than the real one."""
     torch.manual_seed(seed)
     encoder = ImageEncoderViT(
-        img_size=64, patch_size=4, embed_dim=32, depth=1, num_heads=1, window_size=8,
-        global_attn_indexes=(0,), out_chans=32, use_rel_pos=True, qkv_bias=True,
+        img_size=64,
+        patch_size=4,
+        embed_dim=32,
+        depth=1,
+        num_heads=1,
+        window_size=8,
+        global_attn_indexes=(0,),
+        out_chans=32,
+        use_rel_pos=True,
+        qkv_bias=True,
         norm_layer=partial(nn.LayerNorm, eps=1e-6),
     )
     prompt = PromptEncoder(embed_dim=32, image_embedding_size=(16, 16), input_image_size=(64, 64), mask_in_chans=8)
     decoder = MaskDecoder(
-        transformer_dim=32, transformer=TwoWayTransformer(depth=1, embedding_dim=32, mlp_dim=64, num_heads=2),
-        num_multimask_outputs=3, iou_head_depth=2, iou_head_hidden_dim=32,
+        transformer_dim=32,
+        transformer=TwoWayTransformer(depth=1, embedding_dim=32, mlp_dim=64, num_heads=2),
+        num_multimask_outputs=3,
+        iou_head_depth=2,
+        iou_head_hidden_dim=32,
     )
     return Sam(encoder, prompt, decoder)
 
@@ -151,6 +163,21 @@ def test_schedule_has_11_iterations_with_two_silent_ones():
     assert slots == set(range(9))  # the inserted silent iteration can fall anywhere among the 8
 
 
+def test_warmup_clicks_first_prompt_prob():
+    """first_prompt_prob sets how often the trained pass is the first prompt; the rest spread
+    over 1..nograd_clicks. Without it every length 0..nograd_clicks is equally likely."""
+    gen = torch.Generator().manual_seed(0)
+    cfg = PromptConfig(nograd_clicks=4, first_prompt_prob=0.5)
+    draws = torch.tensor([warmup_clicks(cfg, gen) for _ in range(4000)])
+    assert abs((draws == 0).float().mean().item() - 0.5) < 0.03
+    assert set(draws.tolist()) == {0, 1, 2, 3, 4}
+    for k in range(1, 5):
+        assert abs((draws == k).float().mean().item() - 0.125) < 0.02
+    uniform = torch.tensor([warmup_clicks(PromptConfig(nograd_clicks=4), gen) for _ in range(4000)])
+    assert abs((uniform == 0).float().mean().item() - 0.2) < 0.03
+    assert warmup_clicks(PromptConfig(nograd_clicks=0, first_prompt_prob=0.5), gen) == 0
+
+
 def test_schedule_variants_for_cheaper_stages():
     assert iteration_schedule(2, _gen(0), no_point_iters=1) == [True, True, False]
     assert iteration_schedule(0, _gen(0), no_point_iters=0) == []  # first prompt only
@@ -164,7 +191,9 @@ def test_tokens_match_the_prompt_encoder(tiny_sam):
     pts = torch.tensor([[[10.0, 20.0]], [[50.0, 3.0]]])
     lab = torch.tensor([[1], [0]])
     ref, _ = pe(points=(pts, lab), boxes=None, masks=None)  # pads one token
-    ours = embed_prompt_tokens(pe, torch.cat([pts, torch.zeros(2, 1, 2)], 1), torch.cat([lab, -torch.ones(2, 1, dtype=torch.long)], 1))
+    ours = embed_prompt_tokens(
+        pe, torch.cat([pts, torch.zeros(2, 1, 2)], 1), torch.cat([lab, -torch.ones(2, 1, dtype=torch.long)], 1)
+    )
     torch.testing.assert_close(ours, ref)
     box = torch.tensor([[5.0, 6.0, 70.0, 80.0]])
     ref, _ = pe(points=None, boxes=box, masks=None)
@@ -212,7 +241,9 @@ def test_error_points_ignore_padding(tiny_sam):
     gt[:, 5:15, 5:15] = True
     sizes = torch.tensor([[20, 64]] * 8)
     with torch.no_grad():
-        outs = simulate_episode(sam, 3 * torch.randn(1, 32, 16, 16), torch.zeros(8, dtype=torch.long), gt, sizes, _gen(5))
+        outs = simulate_episode(
+            sam, 3 * torch.randn(1, 32, 16, 16), torch.zeros(8, dtype=torch.long), gt, sizes, _gen(5)
+        )
     coords, labels = outs[-1].coords, outs[-1].labels
     real = labels >= 0
     assert (labels == BACKGROUND).any()  # the random model does overshoot ...

@@ -49,6 +49,11 @@ class PromptConfig:
     # *without gradients* before the iterations that train, so the model learns to correct
     # masks after several clicks at the cost of cheap forward passes (0 = the paper's episode)
     nograd_clicks: int = 0
+    # probability that the trained pass is the first prompt itself (no warm-up clicks); None =
+    # every warm-up length 0..nograd_clicks equally likely. The first prompt is where the
+    # multimask outputs and the IoU head that ranks them are trained, and where a box or the
+    # first click of a user lands; with the uniform draw it gets only 1/(nograd_clicks+1)
+    first_prompt_prob: float | None = None
     # also train the single-output token (mask 0) on single prompts, from the same decoder pass:
     # the official predictor returns it for ``multimask_output=False`` (a box, usually), which
     # the paper's recipe only trains once there are several prompts
@@ -69,6 +74,17 @@ class IterationOutput:
     trained: bool = True  # False: a no-gradient warm-up iteration (``nograd_clicks``)
     single_low_res: torch.Tensor | None = None  # mask 0 of a single-prompt pass (``single_token_on_first``)
     single_iou_pred: torch.Tensor | None = None
+
+
+def warmup_clicks(config: PromptConfig, generator: torch.Generator) -> int:
+    """How many corrective clicks to simulate without gradients before the trained pass."""
+    if not config.nograd_clicks:
+        return 0
+    if config.first_prompt_prob is None:
+        return int(torch.randint(0, config.nograd_clicks + 1, (1,), generator=generator))
+    if float(torch.rand((), generator=generator)) < config.first_prompt_prob:
+        return 0
+    return int(torch.randint(1, config.nograd_clicks + 1, (1,), generator=generator))
 
 
 def iteration_schedule(num_point_iters: int, generator: torch.Generator, no_point_iters: int = 2) -> list[bool]:
@@ -161,9 +177,7 @@ def first_prompts(
     device = masks.device
     use_box = (torch.rand(m, generator=generator) < config.box_prob).to(device)
     points, _ = sample_points(masks, generator)
-    boxes = noisy_boxes(
-        masks, image_sizes, generator, config.box_noise_frac, config.box_noise_max_px * side / 1024.0
-    )
+    boxes = noisy_boxes(masks, image_sizes, generator, config.box_noise_frac, config.box_noise_max_px * side / 1024.0)
     coords = torch.zeros(m, 2, 2, device=device)
     labels = torch.full((m, 2), PAD, dtype=torch.long, device=device)
     coords[:, 0] = torch.where(use_box[:, None], boxes[:, :2], points)
@@ -173,9 +187,7 @@ def first_prompts(
     return coords, labels
 
 
-def error_points(
-    pred: torch.Tensor, gt: torch.Tensor, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
+def error_points(pred: torch.Tensor, gt: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """One corrective point per mask from the error region of ``pred`` vs ``gt`` (MxHxW bool).
 
     The point is uniform over false negatives and false positives together; its label is
@@ -263,7 +275,7 @@ def simulate_episode(
         shift = None
     emb = image_embeddings[embedding_index]
     coords, labels = first_prompts(gt_masks, image_sizes, config, generator, sam.img_size)
-    warmup = int(torch.randint(0, config.nograd_clicks + 1, (1,), generator=generator)) if config.nograd_clicks else 0
+    warmup = warmup_clicks(config, generator)
     schedule = [True, *iteration_schedule(config.num_point_iters + warmup, generator, config.no_point_iters)]
     outputs: list[IterationOutput] = []
     feedback: torch.Tensor | None = None
