@@ -14,7 +14,7 @@ import sys
 import warnings
 from typing import NoReturn
 
-COMMAND_MODULES = ("predict", "auto", "train", "eval", "export", "serve", "engine", "data")
+COMMAND_MODULES = ("predict", "auto", "train", "eval", "export", "serve", "engine", "data", "probe")
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
