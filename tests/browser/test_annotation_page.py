@@ -14,38 +14,22 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
+from browser_helpers import DATA, browser_missing, chromium_page, segany_server
 
 from segany.engine.server import ort_dist_dir
 
-REPO = Path(__file__).resolve().parents[2]
-DATA = REPO.parent / "shared" / "data" / "bsds500" / "images" / "train"
 IMAGE = DATA / "100075.jpg"  # two bears: a train-split image (never an eval one)
-CHROMIUM = os.environ.get("SEGANY_CHROMIUM", "/usr/bin/chromium")
 TOKEN = "browser-test-token"
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
 CURRENT_RGBA = (30, 144, 255, 255)  # the page's colour for the mask being edited
 
 
 def _skip_reason() -> str | None:
-    if not Path(CHROMIUM).is_file():
-        return f"Chromium not found at {CHROMIUM} (apt-get install chromium; .ci/setup-extra.sh does)"
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "the playwright Python package is not installed (pip install playwright)"
+    if browser_missing():
+        return browser_missing()
     if ort_dist_dir() is None:
         return "onnxruntime-web is not installed (npm install in src/segany/engine/web; .ci/setup-extra.sh does)"
     if not IMAGE.is_file():
@@ -54,12 +38,6 @@ def _skip_reason() -> str | None:
 
 
 pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_reason()))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -71,49 +49,17 @@ def server(tmp_path_factory):
     (images / IMAGE.name).symlink_to(IMAGE)
     (images / "100080.jpg").symlink_to(DATA / "100080.jpg")
     db = tmp / "annotations.sqlite"
-    port = _free_port()
-    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="2")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "segany.cli", "serve", str(images / IMAGE.name), str(images / "100080.jpg"),
-         "--db", str(db), "--port", str(port), "--token", TOKEN, "--cache-dir", str(tmp / "cache")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            urllib.request.urlopen(url + "/favicon.ico", timeout=2)
-            break
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
-                pytest.fail("server did not start: " + (proc.stdout.read() if proc.stdout else ""))
-            time.sleep(0.2)
-    yield {"url": url, "db": db, "tmp": tmp}
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    with segany_server([str(images / IMAGE.name), str(images / "100080.jpg"), "--db", str(db), "--token", TOKEN,
+                        "--cache-dir", str(tmp / "cache")]) as url:
+        yield {"url": url, "db": db, "tmp": tmp}
 
 
 @pytest.fixture(scope="module")
 def page(server):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
-        )  # Playwright gives every launch a fresh, empty profile directory
-        pg = browser.new_page(viewport={"width": 1280, "height": 760})
-        errors: list[str] = []
-        pg.on("pageerror", lambda e: errors.append(str(e)))
-        pg.goto(f"{server['url']}/?token={TOKEN}")
+    with chromium_page(f"{server['url']}/?token={TOKEN}") as pg:
         pg.wait_for_function("['ready', 'error'].includes(document.body.dataset.state)", timeout=180_000)
         assert pg.evaluate("document.body.dataset.state") == "ready", pg.evaluate("document.getElementById('status').textContent")
-        pg.errors = errors
         yield pg
-        browser.close()
 
 
 def _canvas_mask(page) -> np.ndarray:

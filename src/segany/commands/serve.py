@@ -43,7 +43,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--quantized-decoder", action="store_true",
                         help="send the page the uint8-quantised decoder (smaller, less CPU, slightly less exact)")
     parser.add_argument("--annotator", default=os.environ.get("USER", "annotator"), help="default annotator name")
+    parser.add_argument("--rate", action="store_true",
+                        help="serve the blind mask-quality rating page instead of the annotation tool: the store's "
+                        "masks and imported ground truth (segany engine import-gt) one at a time, rated 1-10 "
+                        "(segany engine ratings summarises); no model is loaded")
     add_model_args(parser)
+    parser.add_argument("--model-version", default=None, metavar="NAME",
+                        help="serve this model version from the --db store's registry (see `segany engine cycle`; "
+                        "instead of --checkpoint/--model-type); every mask saved records NAME")
     parser.set_defaults(func=run)
 
 
@@ -104,6 +111,8 @@ def check_options(args: argparse.Namespace) -> None:
         raise ValueError(f"--prefill-points-per-side must be between 1 and 256, got {args.prefill_points_per_side}")
     if args.token and (not args.token.isascii() or not args.token.isprintable() or " " in args.token):
         raise ValueError("--token must be printable ASCII without spaces (it travels in a header)")
+    if getattr(args, "model_version", None) is not None and (args.checkpoint is not None or args.model_type is not None):
+        raise ValueError("--model-version names the model itself: leave out --checkpoint and --model-type")
 
 
 def _writable_dir(path: Path, option: str) -> Path:
@@ -129,6 +138,16 @@ def run(args: argparse.Namespace) -> int:
     register_images(store, files, args.max_pixels)
     if not store.images():
         raise ValueError(f"none of the {len(files)} images could be registered (see the notes above)")
+    if args.rate:
+        from ..engine.ratings import require_pool
+
+        if args.model_version is not None or args.upload_dir:
+            raise ValueError("--rate shows stored masks only: --model-version and --upload-dir do not apply")
+        require_pool(store, roots)  # nothing to rate fails here, not as an empty page
+    if args.model_version is not None:
+        from ..engine.versions import get_version
+
+        get_version(store, args.model_version)  # an unknown name fails before the port is taken
     if args.cache_dir:
         cache = Path(args.cache_dir)
     elif store.is_postgres:
@@ -141,7 +160,15 @@ def run(args: argparse.Namespace) -> int:
     try:
         # The model goes where --device (and --dtype, where the shared options have it) say;
         # nothing here moves it back to the CPU. The startup line shows where it ended up.
-        model = load_model_from_args(args)
+        version = None
+        if args.rate:
+            model = None  # the rating page runs no model
+        elif args.model_version is not None:
+            from .engine import registered_model
+
+            model, version = registered_model(store, args)
+        else:
+            model = load_model_from_args(args)
         config = ServerConfig(
             store=store,
             image_roots=roots,
@@ -150,11 +177,13 @@ def run(args: argparse.Namespace) -> int:
             max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
             annotator=args.annotator,
             model=model,
+            model_version=version,
             prefill_settings={"points_per_side": args.prefill_points_per_side},
             quantized_decoder=args.quantized_decoder,
             host=args.host,
             allowed_hosts=list(args.allowed_host),
             max_pixels=args.max_pixels,
+            rate=args.rate,
         )
         if args.token:
             config.token = args.token

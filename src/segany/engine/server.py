@@ -27,7 +27,7 @@ from fastapi import FastAPI
 
 from .errors import install_error_handlers, one_line
 from .image_files import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageTooLarge, image_header_size, image_size
-from .routes import ROUTERS
+from .routes import RATING_ROUTERS, ROUTERS
 from .routes.context import ServerContext
 from .routes.page import ort_dist_dir
 from .security import LOCAL_HOSTS, PathOutsideRoots, RequestGuard, resolve_under_roots
@@ -65,7 +65,8 @@ def create_app(config: ServerConfig) -> FastAPI:
     ``segany serve --device cuda``); only the ONNX export works on a CPU copy of the decoder.
     """
     prepare_config(config)
-    context = ServerContext.for_config(config)
+    # A rating server (config.rate) has no model, so no embeddings: its routes never ask.
+    context = ServerContext(config, embeddings=None) if config.rate else ServerContext.for_config(config)
 
     app = FastAPI(title="segany annotation server", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.config = config
@@ -74,7 +75,7 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     app.add_middleware(RequestGuard, config=config)  # outermost: before routing and the token
     install_error_handlers(app)
-    for router in ROUTERS:
+    for router in RATING_ROUTERS if config.rate else ROUTERS:
         app.include_router(router)
     return app
 
@@ -111,11 +112,14 @@ def serve(config: ServerConfig, host: str = "127.0.0.1", port: int = 8765, sock:
     app = create_app(config)
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{port}/?token={config.token}"
-    print(
-        f"segany annotation server: {len(config.store.images())} images, model {config.model_version} "
-        f"on {model_placement(config.model)}",
-        flush=True,
-    )
+    if config.rate:
+        print(f"segany rating server: {len(config.store.rating_pool())} masks to rate", flush=True)
+    else:
+        print(
+            f"segany annotation server: {len(config.store.images())} images, model {config.model_version} "
+            f"on {model_placement(config.model)}",
+            flush=True,
+        )
     print(f"open {url}", flush=True)
     print(f"access token: {config.token}", flush=True)
     if host not in LOCAL_HOSTS:

@@ -35,6 +35,8 @@ class ServerConfig:
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD
     annotator: str = "annotator"
     model: Any = None  # a segany Sam, on any device; the default model when None
+    # what masks record as their model; with model=None, a version registered in the store
+    # (segany.engine.versions), whose weights are loaded
     model_version: str | None = None
     prefetch_ahead: int = PREFETCH_AHEAD
     prefill_settings: dict = field(default_factory=dict)  # overrides of prefill.PREFILL_SETTINGS
@@ -43,16 +45,23 @@ class ServerConfig:
     allowed_hosts: list[str] = field(default_factory=list)  # further Host names (a LAN name, a proxy)
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_body_bytes: int = DEFAULT_MAX_BODY
+    rate: bool = False  # serve the mask-quality rating page (routes.rating) instead of the annotation tool; no model
 
 
 def prepare_config(config: ServerConfig) -> None:
-    """Fill in and check ``config`` in place: the model (the default one when none is
-    given, in eval mode where it is), its version, the caps, and the folders.
+    """Fill in and check ``config`` in place: the model (the registered version
+    ``model_version`` names, else the default one, when none is given; in eval mode where it
+    is), its version, the caps, and the folders.
 
     Image roots are resolved once here because every path guard compares resolved paths;
     the upload folder becomes a root so that uploaded images can be served back.
     """
-    if config.model is None:
+    needs_model = not config.rate  # the rating page shows stored masks: it runs no model
+    if needs_model and config.model is None and config.model_version is not None:
+        from .versions import load_version_model
+
+        config.model, _ = load_version_model(config.store, config.model_version)
+    elif needs_model and config.model is None:
         from ..default_model import load_default_model
 
         config.model = load_default_model()
@@ -60,8 +69,9 @@ def prepare_config(config: ServerConfig) -> None:
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    config.model.eval()
-    config.model_version = config.model_version or model_version_of(config.model)
+    if needs_model:
+        config.model.eval()
+        config.model_version = config.model_version or model_version_of(config.model)
     config.image_roots = [Path(r).resolve() for r in config.image_roots]
     config.cache_dir = Path(config.cache_dir)
     config.cache_dir.mkdir(parents=True, exist_ok=True)

@@ -7,9 +7,11 @@ is the embedded default; teams point ``--db`` at a ``postgresql://`` URL and get
 schema and behaviour from a real server.
 
 Each mask records its ``source`` (manual / prefilled / automatic), ``annotator``,
-``model_version`` and ``seconds`` spent, which :mod:`segany.engine.report` turns into the
-paper's per-stage statistics. A client-chosen ``client_id`` makes saves idempotent: a save
-retried after a lost reply returns the first row instead of duplicating the mask.
+``model_version``, ``seconds`` spent and ``clicks`` (prompts) used, which
+:mod:`segany.engine.report` turns into the paper's per-stage statistics. A client-chosen
+``client_id`` makes saves idempotent: a save retried after a lost reply returns the first
+row instead of duplicating the mask. The registry of model versions
+(:mod:`segany.engine.versions`) is a table here too.
 """
 
 from __future__ import annotations
@@ -57,10 +59,53 @@ _SCHEMA = [
         score DOUBLE PRECISION,
         created_at DOUBLE PRECISION NOT NULL,
         deleted_at DOUBLE PRECISION,
-        replaces INTEGER
+        replaces INTEGER,
+        clicks INTEGER
     )""",
     "CREATE INDEX IF NOT EXISTS masks_image ON masks(image_id)",
+    # The model-version registry (segany.engine.versions says why it lives here).
+    """CREATE TABLE IF NOT EXISTS model_versions (
+        id {pk},
+        name TEXT NOT NULL UNIQUE,
+        parent TEXT,
+        weights TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        images INTEGER NOT NULL,
+        masks INTEGER NOT NULL,
+        by_source TEXT NOT NULL,
+        metrics TEXT NOT NULL,
+        details TEXT NOT NULL
+    )""",
+    # The mask-quality rating study (segany.engine.ratings): the pool (store masks and imported
+    # ground truth, each under a random opaque id) and one rating per (item, annotator).
+    """CREATE TABLE IF NOT EXISTS rating_items (
+        id TEXT PRIMARY KEY,
+        image_id INTEGER NOT NULL REFERENCES images(id),
+        mask_id INTEGER UNIQUE REFERENCES masks(id),
+        gt_key TEXT UNIQUE,
+        rle TEXT,
+        source TEXT NOT NULL,
+        model_version TEXT NOT NULL,
+        added_at DOUBLE PRECISION NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS ratings (
+        id {pk},
+        item_id TEXT NOT NULL REFERENCES rating_items(id),
+        annotator TEXT NOT NULL,
+        rating INTEGER NOT NULL CHECK (rating BETWEEN 1 AND 10),
+        seconds DOUBLE PRECISION NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        UNIQUE (item_id, annotator)
+    )""",
 ]
+
+# Columns added after the first release: (table, column, SQL type). A database created by an
+# older version gets them on open (ALTER TABLE ... ADD COLUMN), so old stores keep working;
+# their old rows hold NULL there.
+_ADDED_COLUMNS = [
+    ("masks", "clicks", "INTEGER"),  # prompts (clicks and boxes) the page used for the mask; NULL = not recorded
+]
+MAX_CLICKS = 100_000
 
 
 @dataclass(frozen=True)
@@ -85,6 +130,7 @@ class MaskRow:
     score: float | None
     created_at: float
     client_id: str | None
+    clicks: int | None = None  # prompts the page used; None: not recorded (older rows, API saves without it)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -99,6 +145,35 @@ class MaskRow:
             "seconds": self.seconds,
             "score": self.score,
             "created_at": self.created_at,
+            "clicks": self.clicks,
+        }
+
+
+@dataclass(frozen=True)
+class ModelVersionRow:
+    """One registered model version (see :mod:`segany.engine.versions`)."""
+
+    name: str
+    parent: str | None  # the version it was fine-tuned from (a registered name or a served model's label)
+    weights: str  # absolute path of its safetensors file
+    created_at: float
+    images: int  # training data from the store: images and masks exported
+    masks: int
+    by_source: dict[str, int]  # exported masks per source (manual / prefilled / automatic)
+    metrics: dict[str, Any]
+    details: dict[str, Any]  # how it was made: base config, steps, base data, eval settings, timings
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "parent": self.parent,
+            "weights": self.weights,
+            "created_at": self.created_at,
+            "images": self.images,
+            "masks": self.masks,
+            "by_source": self.by_source,
+            "metrics": self.metrics,
+            "details": self.details,
         }
 
 
@@ -141,6 +216,7 @@ class Store:
             with self._transaction() as cur:
                 for stmt in _SCHEMA:
                     cur.execute(stmt.format(pk=self._pk))
+                self._add_missing_columns(cur)
         except sqlite3.Error as exc:
             self.close()
             raise StoreError(_sqlite_open_error(self.url, exc)) from None
@@ -152,6 +228,22 @@ class Store:
             raise StoreError(f"cannot open the PostgreSQL annotation database: {first}") from None
 
     # ------------------------------------------------------------------ plumbing
+
+    def _add_missing_columns(self, cur: Any) -> None:
+        """Add the columns of ``_ADDED_COLUMNS`` that a database made by an older version lacks.
+
+        Runs in the schema transaction, so two processes opening one old SQLite file add each
+        column once (``BEGIN IMMEDIATE`` serialises them); PostgreSQL's ``ADD COLUMN IF NOT
+        EXISTS`` makes the same step safe there.
+        """
+        for table, column, kind in _ADDED_COLUMNS:
+            if self.is_postgres:
+                cur.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}")
+                continue
+            cur.execute(f"PRAGMA table_info({table})")
+            if column not in {str(r[1]) for r in cur.fetchall()}:
+                log.info("adding column %s.%s to %s", table, column, self.url)
+                cur.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     def _sql(self, query: str) -> str:
         return query.replace("?", "%s") if self.is_postgres else query
@@ -242,11 +334,13 @@ class Store:
         score: float | None = None,
         client_id: str | None = None,
         replaces: int | None = None,
+        clicks: int | None = None,
     ) -> int:
         """Store one mask (COCO RLE) in one transaction; returns its id.
 
         ``replaces`` deletes an earlier mask of the same image in the same transaction (an
         edited pre-filled mask). With ``client_id``, a repeated save returns the first id.
+        ``clicks``: how many prompts (clicks, boxes) the annotator used, for the report.
         """
         from ..masks import area_from_rle, validate_rle
 
@@ -266,6 +360,10 @@ class Store:
             isinstance(score, bool) or not isinstance(score, numbers.Real) or not math.isfinite(score)
         ):
             raise StoreError(f"score must be a finite number or null, got {score}")
+        if clicks is not None and (
+            isinstance(clicks, bool) or not isinstance(clicks, numbers.Integral) or not 0 <= clicks <= MAX_CLICKS
+        ):
+            raise StoreError(f"clicks must be an integer between 0 and {MAX_CLICKS} or null, got {clicks!r}")
         if client_id is not None and (not isinstance(client_id, str) or not 0 < len(client_id) <= MAX_CLIENT_ID):
             raise StoreError(f"client_id must be a non-empty string of at most {MAX_CLIENT_ID} characters")
         area = int(area_from_rle(rle))
@@ -294,7 +392,7 @@ class Store:
                 )
             cur.execute(
                 "INSERT INTO masks (image_id, client_id, rle, area, bbox, source, annotator, model_version, seconds,"
-                " score, created_at, replaces) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                " score, created_at, replaces, clicks) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 (
                     int(image_id),
                     client_id,
@@ -308,6 +406,7 @@ class Store:
                     None if score is None else float(score),
                     now,
                     replaces,
+                    None if clicks is None else int(clicks),
                 ),
             )
             return int(cur.fetchone()[0])
@@ -338,7 +437,8 @@ class Store:
 
         query = (
             "SELECT m.id, m.image_id, m.rle, m.area, m.bbox, m.source, m.annotator, m.model_version, m.seconds,"
-            " m.score, m.created_at, m.client_id, i.height, i.width FROM masks m LEFT JOIN images i ON i.id = m.image_id"
+            " m.score, m.created_at, m.client_id, i.height, i.width, m.clicks"
+            " FROM masks m LEFT JOIN images i ON i.id = m.image_id"
         )
         where, args = [], []
         if image_id is not None:
@@ -364,6 +464,7 @@ class Store:
                 row = MaskRow(
                     int(r[0]), int(r[1]), rle, int(r[3]), bbox, str(r[5]), str(r[6]), str(r[7]),
                     float(r[8]), score if score is None or math.isfinite(score) else None, float(r[10]), r[11],
+                    None if r[14] is None else int(r[14]),
                 )
             except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
                 reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -384,6 +485,215 @@ class Store:
         with self._transaction() as cur:
             cur.execute("SELECT COUNT(*) FROM masks WHERE deleted_at IS NULL")
             return int(cur.fetchone()[0])
+
+    # ------------------------------------------------------------------ model versions
+
+    def add_model_version(self, row: ModelVersionRow) -> None:
+        """Register a model version in one transaction; a name already registered is refused.
+
+        Why refuse rather than replace: masks in this store already carry the name as their
+        ``model_version``, so a second meaning for it would make the statistics lie.
+        """
+        if not isinstance(row.name, str) or not row.name:
+            raise StoreError("a model version needs a non-empty name")
+        with self._transaction() as cur:
+            cur.execute("SELECT weights FROM model_versions WHERE name = ?", (row.name,))
+            if cur.fetchone() is not None:
+                raise StoreError(f"model version {row.name!r} is already registered in this store")
+            cur.execute(
+                "INSERT INTO model_versions (name, parent, weights, created_at, images, masks, by_source, metrics,"
+                " details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    row.name, row.parent, row.weights, float(row.created_at), int(row.images), int(row.masks),
+                    json.dumps(row.by_source), json.dumps(row.metrics), json.dumps(row.details),
+                ),
+            )
+
+    def model_versions(self) -> list[ModelVersionRow]:
+        """Every registered model version, oldest first."""
+        with self._transaction() as cur:
+            cur.execute(
+                "SELECT name, parent, weights, created_at, images, masks, by_source, metrics, details"
+                " FROM model_versions ORDER BY id"
+            )
+            rows = cur.fetchall()
+        return [
+            ModelVersionRow(str(r[0]), None if r[1] is None else str(r[1]), str(r[2]), float(r[3]), int(r[4]),
+                            int(r[5]), json.loads(r[6]), json.loads(r[7]), json.loads(r[8]))
+            for r in rows
+        ]
+
+    # ------------------------------------------------------------------ mask-quality ratings
+
+    @staticmethod
+    def _check_item_id(item_id: str) -> str:
+        if not isinstance(item_id, str) or len(item_id) != 16 or item_id.strip("0123456789abcdef"):
+            raise StoreError(f"a rating item id is 16 hexadecimal digits, got {str(item_id)[:40]!r}")
+        return item_id
+
+    def sync_rating_items(self) -> int:
+        """Give every live mask without one a rating item (a random opaque id); returns how many were added.
+
+        Why a random id rather than the mask's: the page must not learn anything about a
+        mask's origin, and ids counted up in saving order would tell old from new (and store
+        masks from ground truth imported later). ``ON CONFLICT DO NOTHING`` lets two servers
+        sync the same store at once.
+        """
+        import secrets
+
+        with self._transaction() as cur:
+            cur.execute(
+                "SELECT m.id, m.image_id, m.source, m.model_version FROM masks m LEFT JOIN rating_items r"
+                " ON r.mask_id = m.id WHERE r.id IS NULL AND m.deleted_at IS NULL ORDER BY m.id"
+            )
+            missing = cur.fetchall()
+            now = time.time()
+            added = 0
+            for mask_id, image_id, source, version in missing:
+                cur.execute(
+                    "INSERT INTO rating_items (id, image_id, mask_id, source, model_version, added_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    (secrets.token_hex(8), int(image_id), int(mask_id), str(source), str(version), now),
+                )
+                added += max(0, cur.rowcount)
+        return added
+
+    def add_ground_truth(self, masks: list[GroundTruthMask]) -> int:
+        """Add ground-truth masks to the rating pool in one transaction (all or none); returns how many were new.
+
+        Their images are registered as :meth:`add_image` does (an image already in the store
+        must have the same size); the masks go to ``rating_items`` with source
+        ``ground_truth``, never to ``masks``, so exports and the engine statistics never see
+        them. Every RLE is checked completely against its image's size before anything is
+        written; a mask imported before (same ``key``) is not added again.
+        """
+        import secrets
+
+        from ..masks import validate_rle
+
+        checked = []
+        for gt in masks:
+            try:
+                rle = validate_rle(gt.rle, (gt.height, gt.width), field=f"{gt.label} segmentation")
+            except ValueError as exc:
+                raise StoreError(str(exc)) from None
+            checked.append((str(Path(gt.image_path).resolve()), gt, rle))
+        now = time.time()
+        added = 0
+        image_ids: dict[str, int] = {}
+        with self._transaction() as cur:
+            for path, gt, rle in checked:
+                if path not in image_ids:
+                    cur.execute("SELECT id, width, height FROM images WHERE path = ?", (path,))
+                    row = cur.fetchone()
+                    if row is None:
+                        cur.execute(
+                            "INSERT INTO images (path, width, height, added_at) VALUES (?, ?, ?, ?) RETURNING id",
+                            (path, int(gt.width), int(gt.height), now),
+                        )
+                        row = (cur.fetchone()[0], gt.width, gt.height)
+                    elif (int(row[1]), int(row[2])) != (gt.width, gt.height):
+                        raise StoreError(
+                            f"{gt.label}: the store has {Path(path).name} as {row[1]}x{row[2]} pixels, the record "
+                            f"says {gt.width}x{gt.height}"
+                        )
+                    image_ids[path] = int(row[0])
+                cur.execute(
+                    "INSERT INTO rating_items (id, image_id, gt_key, rle, source, model_version, added_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    (secrets.token_hex(8), image_ids[path], gt.key, json.dumps(rle), GROUND_TRUTH, "", now),
+                )
+                added += max(0, cur.rowcount)
+        return added
+
+    def rating_pool(self, annotator: str | None = None) -> list[PoolEntry]:
+        """The rateable items (imported ground truth and masks not deleted), each with whether
+        ``annotator`` has rated it."""
+        with self._transaction() as cur:
+            cur.execute(
+                "SELECT r.id, r.image_id, EXISTS (SELECT 1 FROM ratings x WHERE x.item_id = r.id AND x.annotator = ?)"
+                " FROM rating_items r LEFT JOIN masks m ON m.id = r.mask_id"
+                " WHERE r.mask_id IS NULL OR m.deleted_at IS NULL ORDER BY r.id",
+                (annotator or "",),
+            )
+            return [PoolEntry(str(r[0]), int(r[1]), bool(r[2])) for r in cur.fetchall()]
+
+    def rating_item(self, item_id: str) -> RatingItem:
+        """One item of the pool with its mask, checked against its image's size; a
+        :class:`StoreError` if there is none, its mask was deleted, or the row cannot be read."""
+        from ..masks import validate_rle
+
+        self._check_item_id(item_id)
+        with self._transaction() as cur:
+            cur.execute(
+                "SELECT r.id, r.image_id, r.source, r.model_version, COALESCE(r.rle, m.rle), r.mask_id, m.deleted_at,"
+                " i.height, i.width FROM rating_items r LEFT JOIN masks m ON m.id = r.mask_id"
+                " LEFT JOIN images i ON i.id = r.image_id WHERE r.id = ?",
+                (item_id,),
+            )
+            r = cur.fetchone()
+        if r is None:
+            raise StoreError(f"no rating item {item_id}")
+        if r[5] is not None and r[6] is not None:
+            raise StoreError(f"rating item {item_id} is no longer in the pool (its mask was deleted)")
+        try:
+            rle = validate_rle(json.loads(r[4]), (int(r[7]), int(r[8])))
+        except (ValueError, TypeError) as exc:
+            raise StoreError(f"rating item {item_id} cannot be read: {str(exc).splitlines()[0]}") from None
+        return RatingItem(str(r[0]), int(r[1]), rle, str(r[2]), str(r[3]))
+
+    def save_rating(self, item_id: str, annotator: str, rating: int, seconds: float = 0.0) -> tuple[int, bool]:
+        """Store one rating in one transaction; returns (rating id, whether it is new).
+
+        A rating is final: the same rating again returns the first row (a request retried
+        after a lost reply), another value raises :class:`RatingConflict`. Why final: the
+        study measures a blind first judgement; one revised after seeing other masks is not.
+        """
+        self._check_item_id(item_id)
+        if isinstance(rating, bool) or not isinstance(rating, numbers.Integral) or not RATING_MIN <= rating <= RATING_MAX:
+            raise StoreError(f"rating must be an integer from {RATING_MIN} to {RATING_MAX}, got {rating!r}")
+        if not isinstance(annotator, str) or not annotator.strip() or len(annotator) > 200:
+            raise StoreError("annotator must be a non-empty name of at most 200 characters")
+        if isinstance(seconds, bool) or not isinstance(seconds, numbers.Real) or not (0.0 <= seconds <= 1e7):
+            raise StoreError(f"seconds must be a non-negative duration (at most 1e7), got {seconds}")
+        with self._transaction() as cur:
+            cur.execute(
+                "SELECT r.mask_id, m.deleted_at FROM rating_items r LEFT JOIN masks m ON m.id = r.mask_id WHERE r.id = ?",
+                (item_id,),
+            )
+            item = cur.fetchone()
+            if item is None:
+                raise StoreError(f"no rating item {item_id}")
+            if item[0] is not None and item[1] is not None:
+                raise StoreError(f"rating item {item_id} is no longer in the pool (its mask was deleted)")
+            cur.execute(
+                "INSERT INTO ratings (item_id, annotator, rating, seconds, created_at) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (item_id, annotator) DO NOTHING RETURNING id",
+                (item_id, annotator, int(rating), float(seconds), time.time()),
+            )
+            row = cur.fetchone()
+            if row is not None:
+                return int(row[0]), True
+            cur.execute("SELECT id, rating FROM ratings WHERE item_id = ? AND annotator = ?", (item_id, annotator))
+            old = cur.fetchone()
+        if int(old[1]) != int(rating):
+            raise RatingConflict(f"{annotator} already rated item {item_id} {old[1]}; a rating is final")
+        return int(old[0]), False
+
+    def ratings(self) -> list[RatingRow]:
+        """Every rating with its item's source and model version, oldest first; ``live`` is
+        False for a rating of a mask deleted since."""
+        with self._transaction() as cur:
+            cur.execute(
+                "SELECT x.item_id, r.source, r.model_version, x.annotator, x.rating, x.seconds, x.created_at,"
+                " (r.mask_id IS NULL OR m.deleted_at IS NULL) FROM ratings x JOIN rating_items r ON r.id = x.item_id"
+                " LEFT JOIN masks m ON m.id = r.mask_id ORDER BY x.id"
+            )
+            rows = cur.fetchall()
+        return [
+            RatingRow(str(r[0]), str(r[1]), str(r[2]), str(r[3]), int(r[4]), float(r[5]), float(r[6]), bool(r[7]))
+            for r in rows
+        ]
 
 
 class _Cursor:
@@ -442,3 +752,55 @@ def _is_psycopg_error(exc: Exception) -> bool:
 def open_store(url: str | Path) -> Store:
     """Open (creating if needed) the store at a SQLite path or a ``postgresql://`` URL."""
     return Store(url)
+
+
+# ---------------------------------------------------------------------- mask-quality ratings
+
+GROUND_TRUTH = "ground_truth"  # the source of masks imported for the rating study (never in ``masks``)
+RATING_MIN, RATING_MAX = 1, 10
+
+
+class RatingConflict(StoreError):
+    """The annotator already rated this item with another value (a rating is final)."""
+
+
+@dataclass(frozen=True)
+class GroundTruthMask:
+    """One ground-truth mask for the rating pool: its image, its COCO RLE and its identity."""
+
+    image_path: Path
+    width: int
+    height: int
+    key: str  # the same mask on a later import has the same key (image path + annotation id): added once
+    rle: dict[str, Any]
+    label: str  # names it in error messages ("sa_1.json annotation 3")
+
+
+@dataclass(frozen=True)
+class PoolEntry:
+    item_id: str
+    image_id: int
+    rated: bool  # by the annotator :meth:`Store.rating_pool` was asked about
+
+
+@dataclass(frozen=True)
+class RatingItem:
+    """A rateable mask. ``source`` and ``model_version`` are for the statistics, never for the page."""
+
+    id: str
+    image_id: int
+    rle: dict[str, Any]
+    source: str
+    model_version: str
+
+
+@dataclass(frozen=True)
+class RatingRow:
+    item_id: str
+    source: str
+    model_version: str
+    annotator: str
+    rating: int
+    seconds: float
+    created_at: float
+    live: bool  # False once the rated mask was deleted from the store

@@ -7,6 +7,9 @@
 ``embeddings`` ``/api/images/{id}/embedding``
 ``masks``      ``/api/images/{id}/masks`` (list, save), ``/api/masks/{id}`` (delete)
 ``prefill``    ``/api/images/{id}/prefill``
+``rating``     ``/``, ``/rate/*``, ``/api/rate/*``: the blind mask-quality rating page, served
+               *instead of* all the above (``segany serve --rate``), so a rater cannot ask
+               the annotation API for a mask's source
 =============  ==========================================================================
 
 Each module holds its routes and the request models and checks of its resource; what they
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from . import embeddings, images, masks, model, page, prefill
+from . import embeddings, images, masks, model, page, prefill, rating
 
 ROUTERS: tuple[APIRouter, ...] = (
     page.router,
@@ -28,3 +31,5 @@ ROUTERS: tuple[APIRouter, ...] = (
     masks.router,
     prefill.router,
 )
+
+RATING_ROUTERS: tuple[APIRouter, ...] = (rating.page_router, rating.router)

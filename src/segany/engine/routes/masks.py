@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from ...masks import coco_rle_to_rle, validate_rle
 from ..security import Annotator
-from ..store import MAX_CLIENT_ID, MAX_ID, SOURCES, ImageRow, StoreError
+from ..store import MAX_CLICKS, MAX_CLIENT_ID, MAX_ID, SOURCES, ImageRow, StoreError
 from .context import Context, Id
 
 router = APIRouter()
@@ -35,6 +35,9 @@ class SaveMask(BaseModel):
     score: float | None = Field(None, allow_inf_nan=False)
     client_id: str | None = Field(None, min_length=1, max_length=MAX_CLIENT_ID)
     replaces: Annotated[StrictInt, Field(ge=1, le=MAX_ID)] | None = None
+    # prompts (clicks and boxes) the annotator placed for this mask, undone ones included: the
+    # effort the report's clicks per mask measures; null = not counted (a mask made elsewhere)
+    clicks: Annotated[StrictInt, Field(ge=0, le=MAX_CLICKS)] | None = None
 
 
 def checked_rle(body: SaveMask, image: ImageRow) -> dict[str, Any]:
@@ -83,7 +86,11 @@ def list_masks(image_id: Id, ctx: Context, _: Annotator, runs: bool = False) -> 
 
 @router.post("/api/images/{image_id}/masks")
 def save_mask(image_id: Id, body: SaveMask, ctx: Context, annotator: Annotator) -> JSONResponse:
-    """Store one mask; acknowledged (201) only after the transaction commits."""
+    """Store one mask; acknowledged (201) only after the transaction commits.
+
+    The mask records the served model's version (``config.model_version``: the registered
+    name with ``segany serve --model-version``), so the report can tell the models apart.
+    """
     config = ctx.config
     row, _ = ctx.image_on_disk(image_id)
     rle = checked_rle(body, row)
@@ -98,6 +105,7 @@ def save_mask(image_id: Id, body: SaveMask, ctx: Context, annotator: Annotator) 
             score=body.score,
             client_id=body.client_id,
             replaces=body.replaces,
+            clicks=body.clicks,
         )
     except StoreError as exc:
         raise HTTPException(400, str(exc)) from None

@@ -52,6 +52,7 @@
       logits: null, iou: null, lowRes: null, nMasks: 0, // last decoder outputs
       edits: null, // Int8Array H*W: +1 painted, -1 erased
       replaces: null, source: "manual", startedAt: performance.now(),
+      clicks: 0, // prompts placed (clicks and boxes, undone ones too): the effort the report counts
     };
   }
 
@@ -186,7 +187,7 @@
       const li = document.createElement("li");
       const col = PALETTE[k % PALETTE.length];
       li.innerHTML = `<span class="swatch" style="background: rgb(${col})"></span>#${a.id} ${a.source} ` +
-        `${a.area} px · ${a.seconds.toFixed(1)} s`;
+        `${a.area} px · ${a.seconds.toFixed(1)} s` + (a.clicks === null || a.clicks === undefined ? "" : ` · ${a.clicks} clicks`);
       if (a.id === S.selected) li.classList.add("selected");
       li.onclick = () => { S.selected = a.id; render(); };
       const edit = document.createElement("button"); edit.textContent = "edit";
@@ -251,6 +252,7 @@
     if (c.lowRes) c.maskInput = lowResOf(c.choice); // previous logits refine the next prediction
     if (d.moved) c.box = boxFrom(d.start, p);
     else c.points.push({ x: d.start.x, y: d.start.y, label: d.button === 2 ? 0 : 1 });
+    c.clicks += 1;
     await decode();
     S.clickLatencies.push(performance.now() - d.t0); // press -> mask drawn
   }
@@ -291,7 +293,7 @@
     const body = {
       size: [S.H, S.W], counts: encodeRuns(m), source: c.source,
       seconds: (performance.now() - c.startedAt) / 1000,
-      score: c.iou ? c.iou[c.choice] : null, client_id: uuid(), replaces: c.replaces,
+      score: c.iou ? c.iou[c.choice] : null, client_id: uuid(), replaces: c.replaces, clicks: c.clicks,
     };
     setState("saving", "saving…");
     let r;
@@ -325,7 +327,11 @@
     render();
   }
 
-  function clearCurrent() { pushUndo(); const keep = S.cur.startedAt; S.cur = emptyCurrent(); S.cur.startedAt = keep; render(); }
+  function clearCurrent() {
+    // a fresh start on the same mask: its time and the prompts spent so far still count
+    pushUndo(); const keep = S.cur.startedAt, clicks = S.cur.clicks;
+    S.cur = emptyCurrent(); S.cur.startedAt = keep; S.cur.clicks = clicks; render();
+  }
 
   // ------------------------------------------------------------------ images
 
