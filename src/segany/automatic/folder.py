@@ -9,6 +9,11 @@ rest, while a rerun with other thresholds, another model or another ``--dtype`` 
 old results for new ones: it stops with a message that lists what differs, before any image
 is computed, unless ``overwrite=True`` (``segany auto --overwrite``) recomputes those images.
 Images that cannot be read are reported and skipped; the run goes on.
+
+Both runners -- :func:`segment_folder` here and the Ray one (``ray_runner``) -- are built
+from the same three steps, so they cannot disagree: :func:`prepare_outputs` (check, create
+``--out``, clear partial files), :func:`plan_resume` (which images are finished, or a
+:class:`ResumeConflict`) and :func:`segment_image` (compute one image, write its outputs).
 """
 
 from __future__ import annotations
@@ -56,11 +61,16 @@ class ImageJob:
 
 @dataclass
 class RunSummary:
+    """What a run did, image by image (each image named once, whichever runner made it).
+
+    ``resubmitted``: images sent again to another worker after theirs died (Ray runs only)."""
+
     done: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
     masks: int = 0
     seconds: float = 0.0
+    resubmitted: int = 0
 
     def lines(self) -> list[str]:
         n = len(self.done)
@@ -69,6 +79,8 @@ class RunSummary:
             f"masks: {self.masks}" + (f" ({self.masks / n:.1f} per image)" if n else ""),
             f"time: {self.seconds:.1f} s" + (f" ({self.seconds / n:.2f} s per image)" if n else ""),
         ]
+        if self.resubmitted:
+            out.append(f"resubmitted {self.resubmitted} image(s) after a worker died")
         if self.failed:
             out.append("failed images:")
             out += [f"  {path}: {why}" for path, why in self.failed]
@@ -88,7 +100,9 @@ def collect_images(inputs: Iterable[str]) -> tuple[list[ImageJob], list[tuple[st
         p = Path(item)
         if p.is_dir():
             found = sorted(
-                f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS and not _is_own_output(f)
+                f
+                for f in p.rglob("*")
+                if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS and not _is_own_output(f)
             )
             for f in found:
                 jobs.setdefault(f.resolve(), ImageJob(f, str(f.relative_to(p).with_suffix(""))))
@@ -244,6 +258,106 @@ class ResumeConflict(ValueError):
     """``--out`` holds results of other settings or another model than this run's."""
 
 
+def prepare_outputs(jobs: list[ImageJob], out_dir: str | Path, fmt: str, save_overlay: bool) -> Path:
+    """Check the plan (:func:`check_plan`), create ``out_dir`` and clear the temporary files
+    a killed run left there; returns ``out_dir`` as a Path. Both the single-process and the
+    Ray runner start this way, before anything is computed."""
+    if fmt not in ("sa1b", "coco", "png"):
+        raise ValueError(f"unknown format {fmt!r}")
+    out = Path(out_dir)
+    check_plan(jobs, out, fmt, save_overlay)
+    out.mkdir(parents=True, exist_ok=True)
+    remove_partials(out)
+    return out
+
+
+@dataclass
+class ResumePlan:
+    """Which images of a run are still to do (see :func:`plan_resume`)."""
+
+    todo: list[ImageJob]
+    skipped: list[str]
+    stale_overlays: set[Path] = field(default_factory=set)
+
+    def drops_overlay(self, job: ImageJob, out_dir: Path) -> bool:
+        """Whether the overlay beside ``job``'s output was made by other settings (and must go
+        when this run writes no overlay)."""
+        return overlay_path(out_dir, job.name) in self.stale_overlays
+
+
+def plan_resume(
+    jobs: list[ImageJob],
+    out_dir: Path,
+    fmt: str,
+    save_overlay: bool,
+    record: dict[str, Any],
+    overwrite: bool = False,
+) -> ResumePlan:
+    """Split ``jobs`` into the finished (their outputs carry ``record``'s key) and the rest.
+
+    Raises :class:`ResumeConflict` when an output of another run is in the way and not
+    ``overwrite``, before anything is computed (module docstring). One function for both
+    runners, so a Ray run and a single-process run agree on what is finished."""
+    plan = ResumePlan(todo=[], skipped=[])
+    conflicts: list[tuple[Path, dict[str, Any] | None]] = []
+    for job in jobs:
+        target, over = output_path(out_dir, job.name, fmt), overlay_path(out_dir, job.name)
+        found = {p: (read_provenance(p) if p.exists() else _MISSING) for p in (target, over)}
+        done = _same_run(found[target], record) and (not save_overlay or _same_run(found[over], record))
+        if done:
+            plan.skipped.append(job.name)
+            continue
+        plan.todo.append(job)
+        for p, rec in found.items():
+            if rec is not _MISSING and not _same_run(rec, record):
+                conflicts.append((p, rec))
+                if p == over:
+                    plan.stale_overlays.add(p)
+    if conflicts and not overwrite:
+        path, rec = conflicts[0]
+        raise ResumeConflict(
+            f"--out {out_dir} holds {len(conflicts)} output(s) this run did not make ({path.relative_to(out_dir)}: "
+            f"{_describe_difference(rec, record)}); use a new --out, or --overwrite to recompute them"
+        )
+    return plan
+
+
+def segment_image(
+    generator: SamAutomaticMaskGenerator,
+    job: ImageJob,
+    out_dir: Path,
+    fmt: str,
+    save_overlay: bool,
+    record: dict[str, Any],
+    drop_stale_overlay: bool = False,
+) -> int:
+    """Segment one image and write its outputs (all or nothing, renamed into place); returns
+    the number of masks. Raises :class:`ImageError` when the image cannot be read.
+
+    The one "compute + write" step of both runners: a Ray worker calls it on its own
+    machine, so its outputs are byte for byte those of ``segany auto`` without Ray."""
+    image = load_image(job.path)
+    records = generator.generate(image)
+    h, w = image.shape[:2]
+    file_name = job.path.name
+    text = json.dumps(record, sort_keys=True, separators=(",", ":"))
+    files: list[tuple[Path, Callable[[Path], None]]] = []
+    over = overlay_path(out_dir, job.name)
+    if save_overlay:
+        files.append((over, png_writer(overlay_records(image, records), {RECORD_KEY: text})))
+    target = output_path(out_dir, job.name, fmt)
+    if fmt == "sa1b":
+        files.append((target, json_writer({RECORD_KEY: record, **sa1b_json(records, file_name, w, h)})))
+    elif fmt == "coco":
+        files.append((target, json_writer({RECORD_KEY: record, **coco_json(records, file_name, w, h)})))
+    else:
+        files.append((target, png_writer(label_map(records, h, w), {RECORD_KEY: text})))
+    write_all_or_nothing(files)
+    if not save_overlay and drop_stale_overlay:
+        over.unlink(missing_ok=True)  # an overlay of other settings must not sit beside new results
+    return len(records)
+
+
 def segment_folder(
     generator: SamAutomaticMaskGenerator,
     inputs: Iterable[str],
@@ -261,70 +375,27 @@ def segment_folder(
     ``output_mode="coco_rle"``. Outputs already made by this model with these settings are
     kept; outputs of other settings raise :class:`ResumeConflict` before any work unless
     ``overwrite`` (then they are recomputed). ``model_name`` is stored for people reading
-    the record (the check itself uses the weights' hash).
+    the record (the check itself uses the weights' hash). The same run on a Ray cluster:
+    :func:`segany.automatic.ray_runner.segment_folder_ray`.
     """
     if generator.output_mode != "coco_rle":
         raise ValueError("segment_folder needs a generator with output_mode='coco_rle'")
-    if fmt not in ("sa1b", "coco", "png"):
-        raise ValueError(f"unknown format {fmt!r}")
-    out = Path(out_dir)
     jobs, missing = collect_images(inputs)
-    check_plan(jobs, out, fmt, save_overlay)
-    out.mkdir(parents=True, exist_ok=True)
-    remove_partials(out)
+    out = prepare_outputs(jobs, out_dir, fmt, save_overlay)
     record = run_provenance(generator, fmt, model_name)
-    summary = RunSummary(failed=list(missing))
-    todo: list[ImageJob] = []
-    conflicts: list[tuple[Path, dict[str, Any] | None]] = []
-    stale_overlays: set[Path] = set()
-    for job in jobs:
-        target, over = output_path(out, job.name, fmt), overlay_path(out, job.name)
-        found = {p: (read_provenance(p) if p.exists() else _MISSING) for p in (target, over)}
-        done = _same_run(found[target], record) and (not save_overlay or _same_run(found[over], record))
-        if done:
-            summary.skipped.append(job.name)
-            continue
-        todo.append(job)
-        for p, rec in found.items():
-            if rec is not _MISSING and not _same_run(rec, record):
-                conflicts.append((p, rec))
-                if p == over:
-                    stale_overlays.add(p)
-    if conflicts and not overwrite:
-        path, rec = conflicts[0]
-        raise ResumeConflict(
-            f"--out {out} holds {len(conflicts)} output(s) this run did not make ({path.relative_to(out)}: "
-            f"{_describe_difference(rec, record)}); use a new --out, or --overwrite to recompute them"
-        )
+    plan = plan_resume(jobs, out, fmt, save_overlay, record, overwrite)
+    summary = RunSummary(skipped=plan.skipped, failed=list(missing))
     start = time.perf_counter()
-    bar = tqdm(todo, desc="segany auto", unit="img", disable=not progress)
-    text = json.dumps(record, sort_keys=True, separators=(",", ":"))
+    bar = tqdm(plan.todo, desc="segany auto", unit="img", disable=not progress)
     for job in bar:
         bar.set_postfix_str(job.name[-40:])
         try:
-            image = load_image(job.path)
+            n = segment_image(generator, job, out, fmt, save_overlay, record, plan.drops_overlay(job, out))
         except ImageError as exc:
             summary.failed.append((str(job.path), str(exc)))
             continue
-        records = generator.generate(image)
-        h, w = image.shape[:2]
-        file_name = job.path.name
-        files: list[tuple[Path, Callable[[Path], None]]] = []
-        over = overlay_path(out, job.name)
-        if save_overlay:
-            files.append((over, png_writer(overlay_records(image, records), {RECORD_KEY: text})))
-        target = output_path(out, job.name, fmt)
-        if fmt == "sa1b":
-            files.append((target, json_writer({RECORD_KEY: record, **sa1b_json(records, file_name, w, h)})))
-        elif fmt == "coco":
-            files.append((target, json_writer({RECORD_KEY: record, **coco_json(records, file_name, w, h)})))
-        else:
-            files.append((target, png_writer(label_map(records, h, w), {RECORD_KEY: text})))
-        write_all_or_nothing(files)
-        if not save_overlay and over in stale_overlays:
-            over.unlink(missing_ok=True)  # an overlay of other settings must not sit beside new results
         summary.done.append(job.name)
-        summary.masks += len(records)
+        summary.masks += n
     summary.seconds = time.perf_counter() - start
     return summary
 

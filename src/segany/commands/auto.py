@@ -9,11 +9,14 @@ recompute them); unreadable images are listed at the end and make the exit statu
 ``--blur`` (off by default) also writes each image beside its output with faces and licence
 plates blurred -- the form to release, as SA-1B was (paper appendix F) -- and logs what was
 blurred in ``OUT/blur_log.jsonl``; the originals are never touched (docs/datasets.md, Privacy).
+``--ray [ADDRESS]`` shards the images over Ray workers (one model each, ``--ray-workers``,
+``--ray-gpus-per-worker``) with the same outputs, layout and resuming (docs/automatic.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import sys
 from pathlib import Path
@@ -75,20 +78,63 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (recursive) or glob patterns")
-    p.add_argument("--out", required=True, help="output folder (created; images finished in it with the same "
-                   "model and settings are skipped)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output folder (created; images finished in it with the same model and settings are skipped)",
+    )
     p.add_argument("--format", choices=FORMATS, default="sa1b", help="sa1b JSON, coco JSON, or 16-bit label png")
     p.add_argument("--preset", choices=sorted(PRESETS), default="default", help="paper settings (docs/automatic.md)")
     p.add_argument("--overlay", action="store_true", help="also write <name>.overlay.png with every mask coloured")
-    p.add_argument("--blur", action="store_true",
-                   help="also write each image, faces and licence plates blurred, beside its output, for release "
-                   "(default off; log: OUT/blur_log.jsonl; see docs/datasets.md, Privacy)")
+    p.add_argument(
+        "--blur",
+        action="store_true",
+        help="also write each image, faces and licence plates blurred, beside its output, for release "
+        "(default off; log: OUT/blur_log.jsonl; see docs/datasets.md, Privacy)",
+    )
     add_detector_options(p, "--blur-detector")
-    p.add_argument("--overwrite", action="store_true",
-                   help="recompute images whose outputs in --out were made with other settings or another model "
-                   "(default: refuse to mix them)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="recompute images whose outputs in --out were made with other settings or another model "
+        "(default: refuse to mix them)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ray = p.add_argument_group("Ray (segany[ray]; docs/automatic.md, On a Ray cluster)")
+    ray.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help="shard the images over Ray workers, one model each: ADDRESS of the cluster's head "
+        "(host:6379, or 'auto'); without it $RAY_ADDRESS, a cluster running here, or a new local one. "
+        "Inputs and --out must be on a file system all nodes share. Give it after the inputs, or "
+        "as --ray=ADDRESS",
+    )
+    ray.add_argument(
+        "--ray-workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="Ray workers (default: as many as the cluster's CPUs, or GPUs, hold; at most one per image)",
+    )
+    ray.add_argument(
+        "--ray-cpus-per-worker",
+        type=float,
+        default=None,
+        metavar="C",
+        help="CPUs each worker reserves, and its torch threads unless --threads (default 1)",
+    )
+    ray.add_argument(
+        "--ray-gpus-per-worker",
+        type=float,
+        default=None,
+        metavar="G",
+        help="GPUs each worker reserves (e.g. 1, or 0.5 for two per GPU); > 0 runs the workers on "
+        "cuda, else on cpu (--device is not used with --ray; default 0)",
+    )
     for name, typ, text in KNOBS:
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None, help=text)
     add_model_args(p)
@@ -139,29 +185,103 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--threads must be between 1 and {MAX_THREADS}, got {args.threads}")
     kwargs = generator_kwargs(args)
     validate_knobs(kwargs)
+    ray_options = ray_settings(args)  # a missing Ray or a bad --ray-* value stops us here
     jobs, _ = collect_images(args.inputs)
     check_plan(jobs, args.out, args.format, args.overlay)  # before the model is loaded
     release = release_plan(jobs, args) if args.blur else None
     blur_detector = detector_from_args(args) if args.blur else None  # a missing face model stops us here
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    model = load_model_from_args(args)
-    generator = SamAutomaticMaskGenerator(model, output_mode="coco_rle", **kwargs)
-    summary = segment_folder(
-        generator,
-        args.inputs,
-        args.out,
-        fmt=args.format,
-        save_overlay=args.overlay,
-        progress=not args.no_progress,
-        overwrite=args.overwrite,
-        model_name=model_name(args),
-    )
+    if ray_options is not None:
+        from ..automatic.ray_runner import segment_folder_ray
+
+        summary = segment_folder_ray(
+            args.inputs,
+            args.out,
+            generator_kwargs=kwargs,
+            model_factory=worker_model_factory(args, ray_options["gpus_per_worker"] > 0),
+            fmt=args.format,
+            save_overlay=args.overlay,
+            progress=not args.no_progress,
+            overwrite=args.overwrite,
+            model_name=model_name(args),
+            threads=args.threads,
+            ray_init_kwargs={"include_dashboard": False, "logging_level": logging.WARNING},
+            **ray_options,
+        )
+    else:
+        if args.threads is not None:
+            torch.set_num_threads(args.threads)
+        model = load_model_from_args(args)
+        generator = SamAutomaticMaskGenerator(model, output_mode="coco_rle", **kwargs)
+        summary = segment_folder(
+            generator,
+            args.inputs,
+            args.out,
+            fmt=args.format,
+            save_overlay=args.overlay,
+            progress=not args.no_progress,
+            overwrite=args.overwrite,
+            model_name=model_name(args),
+        )
     for line in summary.lines():
         print(line, file=sys.stderr if line.startswith(("failed", "  ")) else sys.stdout)
     if release is not None:
         print(release_blurred(release, args, blur_detector))
     return 1 if summary.failed else 0
+
+
+def ray_settings(args: argparse.Namespace) -> dict[str, Any] | None:
+    """``--ray`` and ``--ray-*`` as :func:`segment_folder_ray` arguments (None without ``--ray``).
+
+    Checked before anything is loaded: ``--ray-*`` without ``--ray``, a value out of range, or
+    ``--ray`` where Ray is not installed is a one-line error."""
+    given = {
+        "workers": args.ray_workers,
+        "cpus_per_worker": args.ray_cpus_per_worker,
+        "gpus_per_worker": args.ray_gpus_per_worker,
+    }
+    if args.ray is None:
+        for key, value in given.items():
+            if value is not None:
+                raise ValueError(f"--ray-{key.replace('_per_', '-per-')} needs --ray")
+        return None
+    if args.ray and Path(args.ray).exists():
+        raise ValueError(
+            f"--ray took {args.ray!r} as the cluster address: put --ray after the inputs, or write --ray=ADDRESS"
+        )
+    workers, cpus, gpus = given["workers"], given["cpus_per_worker"], given["gpus_per_worker"]
+    if workers is not None and not 1 <= workers <= 100_000:
+        raise ValueError(f"--ray-workers must be between 1 and 100000, got {workers}")
+    if cpus is not None and not (math.isfinite(cpus) and 0 < cpus <= MAX_THREADS):
+        raise ValueError(f"--ray-cpus-per-worker must be > 0 and <= {MAX_THREADS}, got {cpus:g}")
+    if gpus is not None and not (math.isfinite(gpus) and 0 <= gpus <= 64):
+        raise ValueError(f"--ray-gpus-per-worker must be between 0 and 64, got {gpus:g}")
+    from ..automatic.ray_runner import import_ray
+
+    import_ray()
+    return {
+        "address": args.ray or None,
+        "workers": workers,
+        "cpus_per_worker": 1.0 if cpus is None else cpus,
+        "gpus_per_worker": 0.0 if gpus is None else gpus,
+    }
+
+
+def worker_model_factory(args: argparse.Namespace, on_gpu: bool) -> Any:
+    """What each Ray worker calls to build the model the single-process run would load: the
+    same loader and arguments (an absolute ``--checkpoint``: workers may start in another
+    folder), on the GPU Ray gives the worker or on its CPU. Picklable: no weights travel."""
+    import functools
+
+    checkpoint = args.checkpoint
+    if checkpoint is not None and Path(checkpoint).exists():
+        checkpoint = str(Path(checkpoint).resolve())
+    worker_args = argparse.Namespace(
+        model_type=args.model_type,
+        checkpoint=checkpoint,
+        device="cuda" if on_gpu else "cpu",
+        dtype=getattr(args, "dtype", None),
+    )
+    return functools.partial(load_model_from_args, worker_args)
 
 
 def release_plan(jobs: list, args: argparse.Namespace) -> list[tuple[Path, Path, str, Path]]:
@@ -182,8 +302,9 @@ def release_plan(jobs: list, args: argparse.Namespace) -> list[tuple[Path, Path,
     return plan
 
 
-def release_blurred(plan: list[tuple[Path, Path, str, Path]], args: argparse.Namespace,
-                    detector: Detector | None = None) -> str:
+def release_blurred(
+    plan: list[tuple[Path, Path, str, Path]], args: argparse.Namespace, detector: Detector | None = None
+) -> str:
     """``--blur``, after the run: blur the images whose outputs exist (made now or by an
     earlier run); those already blurred and logged by an earlier run are left as they are.
     ``detector``: the one ``--blur-detector`` / ``--face-model`` chose (made from them if None)."""
