@@ -20,9 +20,45 @@ def stability_score(logits: torch.Tensor, mask_threshold: float, offset: float) 
     ``logits`` is ...xHxW; returns ... float32 (NaN for a mask empty at the low threshold,
     as in the reference).
     """
-    hi = (logits > (mask_threshold + offset)).sum(dim=(-1, -2), dtype=torch.int32)
-    lo = (logits > (mask_threshold - offset)).sum(dim=(-1, -2), dtype=torch.int32)
+    hi = count_true(logits > (mask_threshold + offset))
+    lo = count_true(logits > (mask_threshold - offset))
     return hi / lo
+
+
+# Words summed at once: a byte lane of 127 summed 0/1 bytes stays <= 127, so neither a lane
+# carries into the next nor the int64 sum overflows.
+_WORDS_PER_GROUP = 127
+
+
+def count_true(mask: torch.Tensor) -> torch.Tensor:
+    """Number of True pixels of each ...xHxW bool mask, int32 (as ``sum(dtype=int32)``).
+
+    Why not ``mask.sum``: PyTorch reduces bool tensors one byte at a time, several times
+    slower than comparing (2.2 ms against 0.2 ms per 480x640 mask, 1 thread), and the
+    stability score needs two counts per mask. Here the bytes are read as int64 words (8
+    pixels each) and up to 127 words are summed at once, which sums the 8 byte lanes in
+    parallel without carries; the lanes are added at the end. Counts are integers, so the
+    result is exactly the plain sum.
+    """
+    lead = mask.shape[:-2]
+    if mask.numel() == 0:
+        return torch.zeros(lead, dtype=torch.int32)
+    flat = mask.reshape(-1, mask.shape[-2] * mask.shape[-1])
+    n, hw = flat.shape
+    pad = (-hw) % 8
+    data = flat.contiguous().view(torch.uint8)
+    if pad:
+        data = torch.nn.functional.pad(data, (0, pad))
+    words = data.view(torch.int64)  # n x (hw/8), 8 pixels per word
+    k = words.shape[1]
+    full = k - k % _WORDS_PER_GROUP
+    parts = []
+    if full:
+        parts.append(words[:, :full].reshape(n, -1, _WORDS_PER_GROUP).sum(dim=2))
+    if full < k:
+        parts.append(words[:, full:].sum(dim=1, keepdim=True))
+    lanes = torch.cat(parts, dim=1).contiguous().view(torch.uint8)  # n x (groups*8) lane sums
+    return lanes.sum(dim=1, dtype=torch.int32).reshape(lead)
 
 
 def proposal_rank(iou_preds: torch.Tensor, stability: torch.Tensor) -> torch.Tensor:

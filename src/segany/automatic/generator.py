@@ -11,11 +11,16 @@ the speed comes from, while every kept mask is computed exactly as the reference
    output above ``pred_iou_thresh`` -- the IoU head does not look at the upscaled features;
 2. masks failing the predicted-IoU filter are never upsampled (the reference upsamples all
    of them to full resolution first);
-3. the full-resolution logits of the survivors are made in memory-bounded chunks, and the
+3. of those, masks whose stability score is certainly below ``stability_score_thresh`` are
+   dropped before upsampling, by a sound bound computed from the low-res logits
+   (:mod:`segany.automatic.stability_bound`); the others get the exact full-resolution score;
+4. the full-resolution logits of the survivors are made in memory-bounded chunks, and the
    stability counts, the binary mask, its box and its run-length encoding are taken from
    each chunk and the chunk is freed;
-4. RLEs are made in the full-image frame directly from crop-frame masks (no padding of every
+5. RLEs are made in the full-image frame directly from crop-frame masks (no padding of every
    mask to the whole image), vectorised over a batch.
+
+``stage_counts`` tells how many masks each stage kept in the last :meth:`generate` call.
 """
 
 from __future__ import annotations
@@ -43,12 +48,19 @@ from ..modeling.mask_upsampling import low_res_extent
 from ..predictor import SamPredictor
 from .filters import clean_mask, crop_nms_scores, is_box_near_crop_edge, nms, proposal_rank, stability_score
 from .grid import build_all_layer_point_grids, generate_crop_boxes, grid_points_for_crop
+from .stability_bound import Footprints, crop_footprints, may_pass_stability
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 
 # Full-resolution float logits held at once while upsampling (bytes); bounds peak memory on
 # very large images without slowing small ones.
 UPSAMPLE_BUDGET_BYTES = 192 * 2**20
+
+STAGES = ("candidates", "iou", "upsampled", "stability", "edge", "box_nms", "crop_nms", "final")
+"""Keys of :attr:`SamAutomaticMaskGenerator.stage_counts`, in pipeline order: every
+(point, output) pair; kept by the predicted-IoU filter; upsampled to full resolution (not
+ruled out by the low-res stability bound); kept by the stability filter; not cut by a crop
+edge; kept by box NMS within crops; kept by NMS across crops; records returned."""
 
 
 @dataclass
@@ -115,7 +127,14 @@ class SamAutomaticMaskGenerator:
       data engine dropped masks covering >= 95% of it as uninteresting);
     - ``max_masks``: keep at most this many masks, ranked by the mean of predicted IoU and
       stability score (the object-proposal setting of appendix D.3).
+
+    ``stage_counts`` (a dict keyed by :data:`STAGES`) holds how many masks each stage kept
+    in the last ``generate`` call, summed over crops.
     """
+
+    use_stability_bound: bool = True
+    """Rule masks out by the low-res stability bound before upsampling them. It changes no
+    result (the bound is sound); switching it off is for checking exactly that."""
 
     def __init__(
         self,
@@ -160,7 +179,9 @@ class SamAutomaticMaskGenerator:
         else:
             assert point_grids is not None
             if len(point_grids) < crop_n_layers + 1:
-                raise ValueError(f"point_grids has {len(point_grids)} grids; crop_n_layers={crop_n_layers} needs {crop_n_layers + 1}")
+                raise ValueError(
+                    f"point_grids has {len(point_grids)} grids; crop_n_layers={crop_n_layers} needs {crop_n_layers + 1}"
+                )
             self.point_grids = [np.asarray(g, dtype=np.float64).reshape(-1, 2) for g in point_grids]
         for name, value in (
             ("pred_iou_thresh", pred_iou_thresh),
@@ -192,6 +213,8 @@ class SamAutomaticMaskGenerator:
         self.output_mode = output_mode
         self.max_mask_fraction = max_mask_fraction
         self.max_masks = max_masks
+        self.stage_counts: dict[str, int] = dict.fromkeys(STAGES, 0)
+        self._footprints: dict[tuple[tuple[int, int], ...], Footprints] = {}
 
     @property
     def model(self) -> Sam:
@@ -215,6 +238,8 @@ class SamAutomaticMaskGenerator:
 
     def generate_mask_set(self, image: np.ndarray) -> MaskSet:
         """All masks after filtering, NMS and cleanup, before formatting into records."""
+        self.stage_counts = dict.fromkeys(STAGES, 0)
+        self._footprints = {}
         orig_size = (int(image.shape[0]), int(image.shape[1]))
         crop_boxes, layer_idxs = generate_crop_boxes(orig_size, self.crop_n_layers, self.crop_overlap_ratio)
         parts = [self._process_crop(image, box, layer, orig_size) for box, layer in zip(crop_boxes, layer_idxs)]
@@ -223,6 +248,7 @@ class SamAutomaticMaskGenerator:
             # Across crops, prefer masks from the most zoomed-in crop (smallest crop area).
             keep = nms(data.boxes.float(), crop_nms_scores(data.crop_boxes), self.crop_nms_thresh)
             data = data.select(keep)
+        self.stage_counts["crop_nms"] = len(data)
         if self.min_mask_region_area > 0 and len(data):
             data = self.postprocess_small_regions(
                 data, self.min_mask_region_area, max(self.box_nms_thresh, self.crop_nms_thresh)
@@ -234,6 +260,7 @@ class SamAutomaticMaskGenerator:
         if self.max_masks is not None and len(data) > self.max_masks:
             rank = proposal_rank(data.iou_preds, data.stability)
             data = data.select(torch.argsort(rank, descending=True, stable=True)[: self.max_masks])
+        self.stage_counts["final"] = len(data)
         return data
 
     def records(self, data: MaskSet) -> list[dict[str, Any]]:
@@ -283,6 +310,7 @@ class SamAutomaticMaskGenerator:
         if len(data):
             keep = nms(data.boxes.float(), data.iou_preds, self.box_nms_thresh)
             data = data.select(keep)
+        self.stage_counts["box_nms"] += len(data)
         data.boxes = data.boxes + torch.tensor([[x0, y0, x0, y0]])
         data.points = data.points + torch.tensor([[x0, y0]])
         data.crop_boxes = torch.tensor([crop_box] * len(data), dtype=torch.int64).reshape(-1, 4)
@@ -332,6 +360,8 @@ class SamAutomaticMaskGenerator:
     ) -> MaskSet:
         iou_all, needed, low_res = self._decode(cache, points, crop_size)
         n_out = iou_all.shape[1]
+        counts = self.stage_counts
+        counts["candidates"] += iou_all.numel()
         # Flatten to one row per (prompt, output), prompt-major as the reference does.
         iou = iou_all[needed].flatten()
         pts = torch.as_tensor(points[needed.numpy()].repeat(n_out, axis=0))
@@ -339,9 +369,20 @@ class SamAutomaticMaskGenerator:
         if self.pred_iou_thresh > 0.0:
             keep = iou > self.pred_iou_thresh
             iou, pts, low = iou[keep], pts[keep], low[keep]
+        counts["iou"] += len(iou)
+        thr = self.model.mask_threshold
+        if self.use_stability_bound and self.stability_score_thresh > 0.0 and len(iou):
+            keep = may_pass_stability(
+                low,
+                self._stability_footprints(crop_size, (int(low.shape[-2]), int(low.shape[-1]))),
+                thr,
+                self.stability_score_offset,
+                self.stability_score_thresh,
+            )
+            iou, pts, low = iou[keep], pts[keep], low[keep]
+        counts["upsampled"] += len(iou)
         if len(iou) == 0:
             return MaskSet.empty()
-        thr = self.model.mask_threshold
         h, w = crop_size
         per_mask = 4 * (h * w + self.model.img_size**2)
         chunk = max(1, UPSAMPLE_BUDGET_BYTES // per_mask)
@@ -354,6 +395,7 @@ class SamAutomaticMaskGenerator:
             if self.stability_score_thresh > 0.0:
                 keep = stab >= self.stability_score_thresh
                 logits, stab, c_iou, c_pts = logits[keep], stab[keep], c_iou[keep], c_pts[keep]
+            counts["stability"] += len(stab)
             masks = logits > thr
             del logits
             boxes = batched_mask_to_box(masks)
@@ -361,11 +403,20 @@ class SamAutomaticMaskGenerator:
             if bool(near.any()):
                 keep = ~near
                 masks, boxes, stab, c_iou, c_pts = masks[keep], boxes[keep], stab[keep], c_iou[keep], c_pts[keep]
+            counts["edge"] += len(masks)
             if len(masks) == 0:
                 continue
             rles = mask_to_rle(masks, frame=orig_size, offset=(crop_box[0], crop_box[1]))
             parts.append(MaskSet(rles, boxes, c_iou, c_pts, stab, torch.zeros(len(rles), 4, dtype=torch.int64)))
         return MaskSet.cat(parts)
+
+    def _stability_footprints(self, crop_size: tuple[int, int], low_size: tuple[int, int]) -> Footprints:
+        """Footprints of the stability bound for the current crop (crops of one size share them)."""
+        input_size = (int(self.predictor.input_size[0]), int(self.predictor.input_size[1]))
+        key = (input_size, crop_size, low_size)
+        if key not in self._footprints:
+            self._footprints[key] = crop_footprints(input_size, crop_size, low_size, self.model.img_size)
+        return self._footprints[key]
 
     # ------------------------------------------------------------------ cleanup
 
