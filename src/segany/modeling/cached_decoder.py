@@ -8,6 +8,9 @@ to float rounding (tested to 1e-4 against the official implementation), in less 
   image;
 - every cross-attention runs re-associated (:mod:`segany.modeling.reassociated_attention`),
   except the first layer's, which attends over the cached projections;
+- with the cached image tokens, the first upscaling matmul is distributed over the
+  layers' low-rank image-token updates (:func:`_fused_up1`), so no 4096x256x256 product
+  runs per prompt;
 - the upscaling transposed convs (kernel 2, stride 2) are plain matmuls in a channels-last
   layout with the pixel shuffle applied only to the final 1-3 mask channels, or, when a
   caller needs only some rows/columns of the low-res logits, run on those alone.
@@ -23,7 +26,7 @@ import torch.nn.functional as F
 
 from .decoder_cache import DecoderImageCache
 from .mask_decoder import MaskDecoder
-from .reassociated_attention import image_to_token, token_to_image
+from .reassociated_attention import image_to_token_factors, token_to_image
 from .transformer import TwoWayTransformer
 
 DECODE_CHUNK = 4
@@ -56,6 +59,22 @@ def cached_transformer(
     replace ``cache.keys``. The first layer then cannot use the cached projections, but
     still runs re-associated.
     """
+    hs, keys, _ = _transformer_with_factors(decoder, cache, sparse_prompt_embeddings, image_tokens)
+    return hs, keys
+
+
+ImageTokenFactors = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+"""Per layer, how its image-token update was formed: (p_t, vw, mean, rstd) with the new
+image tokens = LayerNorm(keys + p_t^T @ vw + out bias), mean/rstd that norm's statistics."""
+
+
+def _transformer_with_factors(
+    decoder: MaskDecoder,
+    cache: DecoderImageCache,
+    sparse_prompt_embeddings: torch.Tensor,
+    image_tokens: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, list[ImageTokenFactors]]:
+    """:func:`cached_transformer` plus each layer's :data:`ImageTokenFactors`."""
     transformer: TwoWayTransformer = decoder.transformer  # type: ignore[assignment]
     if image_tokens is None and cache.image_tokens_only:
         raise ValueError("this cache (DecoderImageCache.for_image_tokens) decodes only with image_tokens")
@@ -66,6 +85,7 @@ def cached_transformer(
     keys = cache.keys if image_tokens is None else image_tokens
     query_pe = tokens
     queries = tokens
+    factors: list[ImageTokenFactors] = []
     for i, layer in enumerate(transformer.layers):
         queries = layer.token_self_attention(queries, query_pe)
         q = queries + query_pe
@@ -80,15 +100,60 @@ def cached_transformer(
         queries = layer.norm2(queries + attn_out)
         queries = layer.norm3(queries + layer.mlp(queries))
         q = queries + query_pe
+        i2t = layer.cross_attn_image_to_token
         if first_cached:
-            attn_out = image_to_token(layer.cross_attn_image_to_token, q, queries, q_heads=cache.i2t_q)
+            p_t, vw = image_to_token_factors(i2t, q, queries, q_heads_t=cache.i2t_q_t)
         else:
-            attn_out = image_to_token(layer.cross_attn_image_to_token, q, queries, x_q=keys_pe)
-        keys = layer.norm4(keys + attn_out)
+            p_t, vw = image_to_token_factors(i2t, q, queries, x_q=keys_pe)
+        x = torch.baddbmm(keys + i2t.out_proj.bias, p_t.transpose(1, 2), vw)
+        norm = layer.norm4
+        # the same kernel as norm4(x), which also returns the statistics the fused upscaling needs
+        keys, mean, rstd = torch.native_layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+        factors.append((p_t, vw, mean, rstd))
     q = queries + query_pe
     attn_out = token_to_image(transformer.final_attn_token_to_image, q, keys + key_pe, keys)
     hs = transformer.norm_final_attn(queries + attn_out)
-    return hs, keys
+    return hs, keys, factors
+
+
+def _fused_up1(
+    transformer: TwoWayTransformer, cache: DecoderImageCache, factors: list[ImageTokenFactors]
+) -> torch.Tensor:
+    """The first upscaling matmul ``keys_final @ up1_w + up1_b`` (B x N x 4*C1) without the
+    4096x256x256 product on the per-prompt image tokens.
+
+    Layer l's image tokens are LayerNorm(keys + p_t^T vw + bo), so right-multiplying them
+    by S (C x 4*C1) distributes: rstd * (keys @ diag(gamma) S + p_t^T (vw diag(gamma) S)
+    + bo diag(gamma) S - mean * colsum(diag(gamma) S)) + beta S. Unrolled down to the cached
+    image tokens, with R_l the product of the rstd of layers l.. and S_l = ``up1_chain[l]``:
+
+        R_0 * cache.up1_keys + sum_l [R_l p_t^T (vw S_l) + R_l (bo S_l) - R_l mean (1^T S_l)
+                                      + R_{l+1} (beta S_{l+1})] + up1_b
+
+    Everything after the first term is one product of an N x (layers*(heads*T+3)) matrix
+    (the scaled attention rows and the per-token scalars) with a matching small right
+    factor: one 4096x~120x256 matmul instead of 4096x256x256, equal up to float rounding.
+    """
+    chain = [*cache.up1_chain, cache.up1_w]
+    scales = [torch.ones_like(factors[0][3])]  # R_L, ..., R_0, each B x N x 1
+    for _, _, _, rstd in reversed(factors):
+        scales.append(scales[-1] * rstd)
+    scales.reverse()  # scales[l] = R_l
+    left, right = [], []
+    for i, (layer, (p_t, vw, mean, _)) in enumerate(zip(transformer.layers, factors)):
+        s_l = chain[i]
+        r_t = scales[i].transpose(1, 2)  # B 1 N
+        left += [p_t * r_t, r_t, -(mean.transpose(1, 2) * r_t), scales[i + 1].transpose(1, 2)]
+        b = vw.shape[0]
+        consts = torch.stack(
+            [layer.cross_attn_image_to_token.out_proj.bias @ s_l, s_l.sum(0), layer.norm4.bias @ chain[i + 1]]
+        )
+        right += [vw @ s_l, consts.expand(b, -1, -1)]
+    left_t = torch.cat(left, dim=1)  # B K N
+    right_m = torch.cat(right, dim=1)  # B K 4C1
+    acc = cache.up1_keys * scales[0]
+    acc.baddbmm_(left_t.transpose(1, 2), right_m)
+    return acc.add_(cache.up1_b)
 
 
 def cached_masks(
@@ -132,16 +197,24 @@ def cached_masks(
 
 
 def _mask_logits_channels_last(
-    decoder: MaskDecoder, cache: DecoderImageCache, hs: torch.Tensor, keys: torch.Tensor, mask_slice: slice
+    decoder: MaskDecoder,
+    cache: DecoderImageCache,
+    hs: torch.Tensor,
+    keys: torch.Tensor,
+    mask_slice: slice,
+    up1: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """:meth:`MaskDecoder.mask_logits` on the full grid as channels-last matmuls with the
-    cache's re-laid-out weights; rows are ordered (pixel, di, dj, ei, ej)."""
+    cache's re-laid-out weights; rows are ordered (pixel, di, dj, ei, ej). ``up1``: the
+    first upscaling matmul's output when already computed (:func:`_fused_up1`)."""
     hyper_in = decoder.hypernetwork_weights(hs, mask_slice)  # B M C2
     b, _, c = keys.shape
     gh, gw = cache.grid
     _, ln, act1, _, act2 = decoder.output_upscaling
     c1 = cache.up1_w.shape[1] // 4
-    y = torch.addmm(cache.up1_b, keys.reshape(-1, c), cache.up1_w).reshape(-1, c1)
+    if up1 is None:
+        up1 = torch.addmm(cache.up1_b, keys.reshape(-1, c), cache.up1_w)
+    y = up1.reshape(-1, c1)
     y = act1(F.layer_norm(y, (c1,), ln.weight, ln.bias, ln.eps))
     c2 = cache.up2_w.shape[1] // 4
     y = act2(torch.addmm(cache.up2_b, y, cache.up2_w)).reshape(b, -1, c2)
@@ -169,8 +242,13 @@ def decode_cached(
     low_res, iou = [], []
     for s in range(0, max(b, 1), DECODE_CHUNK):  # (an empty batch still gives empty outputs)
         tokens = None if image_tokens is None else image_tokens[s : s + DECODE_CHUNK]
-        hs, keys = cached_transformer(decoder, cache, sparse_prompt_embeddings[s : s + DECODE_CHUNK], tokens)
-        low_res.append(cached_masks(decoder, cache, hs, keys, mask_slice))
+        hs, keys, factors = _transformer_with_factors(
+            decoder, cache, sparse_prompt_embeddings[s : s + DECODE_CHUNK], tokens
+        )
+        # With the cached image tokens the first upscaling matmul distributes over the
+        # layers' low-rank updates; per-prompt image tokens would make it no cheaper.
+        up1 = _fused_up1(decoder.transformer, cache, factors) if tokens is None else None  # type: ignore[arg-type]
+        low_res.append(_mask_logits_channels_last(decoder, cache, hs, keys, mask_slice, up1))
         iou.append(decoder.predict_iou(hs, mask_slice))
     if len(low_res) == 1:
         return low_res[0], iou[0]

@@ -41,8 +41,10 @@ class DecoderImageCache:
     """1 x h x N x c: first layer token->image key projection of ``keys + key_pe``."""
     t2i_v: torch.Tensor
     """1 x h x N x c: first layer token->image value projection of ``keys``."""
-    i2t_q: torch.Tensor
-    """1 x h x N x c: first layer image->token query projection of ``keys + key_pe``."""
+    i2t_q_t: torch.Tensor
+    """1 x (h*c) x N: first layer image->token query projection of ``keys + key_pe``,
+    transposed (channels by token: the transposed-logits layout of
+    :func:`~segany.modeling.reassociated_attention.image_to_token` reads it as is)."""
     up1_w: torch.Tensor
     """C x 4*C1: the first 2x2 stride-2 transposed conv as a matmul, columns (di, dj, out)."""
     up1_b: torch.Tensor
@@ -51,11 +53,19 @@ class DecoderImageCache:
     """C1 x 4*C2: the second transposed conv, same layout."""
     up2_b: torch.Tensor
     """4*C2: its bias."""
+    up1_keys: torch.Tensor
+    """1 x N x 4*C1: ``keys @ up1_chain[0]``, the image-side start of the first upscaling
+    matmul run through the transformer's image-token LayerNorms (see
+    :func:`~segany.modeling.cached_decoder.cached_transformer`); empty for
+    :meth:`for_image_tokens`."""
+    up1_chain: tuple[torch.Tensor, ...]
+    """Per transformer layer l: ``diag(gamma_l * ... * gamma_last) @ up1_w`` (C x 4*C1), with
+    gamma_l the weight of layer l's image-token LayerNorm (``norm4``)."""
     grid: tuple[int, int]
     """(H, W) of the image embedding (64, 64): ``keys`` reshapes to 1xHxWxC."""
     image_tokens_only: bool = False
     """True for a cache from :meth:`for_image_tokens`: ``keys``, ``t2i_k``, ``t2i_v`` and
-    ``i2t_q`` are empty, so it decodes only with per-prompt ``image_tokens``."""
+    ``i2t_q_t`` are empty, so it decodes only with per-prompt ``image_tokens``."""
 
     @classmethod
     def build(cls, decoder: MaskDecoder, src: torch.Tensor, image_pe: torch.Tensor) -> DecoderImageCache:
@@ -76,14 +86,18 @@ class DecoderImageCache:
         layer = transformer.layers[0]
         t2i, i2t = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
         k = keys + key_pe
+        up = _upscaling_as_matmuls(decoder)
+        chain = _up1_chain(transformer, up["up1_w"])
         return cls(
             keys=keys.contiguous(),
             key_pe=key_pe.contiguous(),
             t2i_k=t2i.separate_heads(t2i.k_proj(k)),
             t2i_v=t2i.separate_heads(t2i.v_proj(keys)),
-            i2t_q=i2t.separate_heads(i2t.q_proj(k)),
+            i2t_q_t=i2t.q_proj(k).transpose(1, 2).contiguous(),
+            up1_keys=keys @ chain[0],
+            up1_chain=chain,
             grid=(int(src.shape[-2]), int(src.shape[-1])),
-            **_upscaling_as_matmuls(decoder),
+            **up,
         )
 
     @classmethod
@@ -110,11 +124,22 @@ class DecoderImageCache:
             key_pe=image_pe.flatten(2).transpose(1, 2).contiguous(),
             t2i_k=empty,
             t2i_v=empty,
-            i2t_q=empty,
+            i2t_q_t=empty,
+            up1_keys=empty,
+            up1_chain=(),
             grid=(int(image_pe.shape[-2]), int(image_pe.shape[-1])),
             image_tokens_only=True,
             **_upscaling_as_matmuls(decoder),
         )
+
+
+def _up1_chain(transformer: TwoWayTransformer, up1_w: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The cache's ``up1_chain``: ``up1_w`` with its rows scaled by the LayerNorm weights of
+    every later image-token norm, innermost (layer 0) first."""
+    chain = [up1_w]
+    for layer in reversed(transformer.layers):
+        chain.append(layer.norm4.weight[:, None] * chain[-1])
+    return tuple(reversed(chain[1:]))
 
 
 def _upscaling_as_matmuls(decoder: MaskDecoder) -> dict[str, torch.Tensor]:

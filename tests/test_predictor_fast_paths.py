@@ -1,0 +1,83 @@
+"""The predictor's exact fast paths against the plain computations they replace.
+
+- :func:`upsample_low_res_banded` (two banded matmuls) against :func:`upsample_low_res`
+  (two bilinear passes) on square, wide, tall, enlarging and tiny frames;
+- the cached decoder (block-diagonal first-layer image->token logits, transposed softmax,
+  the first upscaling matmul distributed over the layers' low-rank updates) against
+  :meth:`MaskDecoder.predict_masks`, with every weight random (LayerNorm weights included,
+  which the distributed upscaling folds in) and batches across ``DECODE_CHUNK``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from segany import build_model
+from segany.modeling.cached_decoder import DECODE_CHUNK, decode_cached, mask_prompt_tokens
+from segany.modeling.decoder_cache import DecoderImageCache
+from segany.modeling.mask_upsampling import upsample_low_res, upsample_low_res_banded
+from segany.modeling.reassociated_attention import block_diagonal_heads
+
+
+@pytest.mark.parametrize(
+    ("input_size", "original_size"),
+    [((719, 1024), (449, 640)), ((1024, 683), (1500, 1000)), ((1024, 1024), (512, 512)), ((1024, 3), (3000, 8))],
+)
+def test_banded_upsampling_matches_two_pass(input_size, original_size):
+    gen = torch.Generator().manual_seed(0)
+    low = torch.randn(2, 3, 256, 256, generator=gen) * 20  # rough logits: a worst case for placement
+    ref = upsample_low_res(low, input_size, original_size, 1024)
+    out = upsample_low_res_banded(low, input_size, original_size, 1024)
+    assert out.shape == ref.shape == (2, 3, *original_size)
+    assert (out - ref).abs().max().item() < 1e-4
+
+
+def test_block_diagonal_heads():
+    k = torch.randn(2, 8, 7, 16)
+    bd = block_diagonal_heads(k).reshape(2, 8, 7, 8, 16)
+    for i in range(8):
+        for j in range(8):
+            expected = k[:, i] if i == j else torch.zeros_like(k[:, i])
+            assert torch.equal(bd[:, i, :, j], expected)
+
+
+@pytest.fixture(scope="module")
+def decoder_parts():
+    """A ViT-B SAM's prompt encoder and mask decoder with every decoder/prompt tensor random."""
+    torch.manual_seed(0)
+    model = build_model("vit_b").eval()
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, t in [*model.mask_decoder.state_dict().items()]:
+            if t.is_floating_point():
+                scale = 1.0 if name.endswith(("norm4.weight", "norm4.bias")) else 0.1
+                offset = 1.0 if name.endswith("weight") and "norm" in name else 0.0
+                t.copy_(torch.randn(t.shape, generator=gen) * scale + offset)
+    return model.prompt_encoder, model.mask_decoder
+
+
+@pytest.mark.parametrize("n_prompts", [1, DECODE_CHUNK + 2])
+@pytest.mark.parametrize("multimask", [True, False])
+def test_cached_decoder_matches_plain(decoder_parts, n_prompts, multimask):
+    pe, dec = decoder_parts
+    gen = torch.Generator().manual_seed(n_prompts)
+    feats = torch.randn(1, 256, 64, 64, generator=gen)
+    coords = torch.rand(n_prompts, 2, 2, generator=gen) * 1024
+    labels = torch.tensor([[1, 0]] * n_prompts, dtype=torch.int)
+    with torch.no_grad():
+        image_pe = pe.get_dense_pe()
+        sparse, dense = pe(
+            points=(coords, labels), boxes=torch.rand(n_prompts, 4, generator=gen).sort(-1).values * 1024, masks=None
+        )
+        cache = DecoderImageCache.build(dec, feats + pe.no_mask_dense(1, (64, 64)), image_pe)
+        mask_slice = dec.output_slice(multimask)
+        ref_low, ref_iou = dec.predict_masks(feats, image_pe, sparse, dense, mask_slice)
+        low, iou = decode_cached(dec, cache, sparse, mask_slice)
+        # the per-prompt image-token path (mask prompts) keeps the plain upscaling
+        low_t, iou_t = decode_cached(dec, cache, sparse, mask_slice, mask_prompt_tokens(feats, dense, n_prompts))
+    scale = ref_low.abs().max().item()
+    assert scale > 1.0  # logits of a useful size, so the tolerance below means something
+    for a, b in ((low, ref_low), (iou, ref_iou), (low_t, ref_low), (iou_t, ref_iou)):
+        assert a.shape == b.shape
+        assert (a - b).abs().max().item() < 1e-4
