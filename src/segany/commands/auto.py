@@ -11,6 +11,9 @@ plates blurred -- the form to release, as SA-1B was (paper appendix F) -- and lo
 blurred in ``OUT/blur_log.jsonl``; the originals are never touched (docs/datasets.md, Privacy).
 ``--ray [ADDRESS]`` shards the images over Ray workers (one model each, ``--ray-workers``,
 ``--ray-gpus-per-worker``) with the same outputs, layout and resuming (docs/automatic.md).
+With the embedded default model and neither ``--preset`` nor a threshold option, the
+thresholds calibrated for that model are used (preset ``segany-default``, one note says so):
+the official ones keep none of its masks. ``--preset default`` gives the official ones.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..automatic.outputs import FORMATS
-from ..automatic.presets import PRESETS, preset
+from ..automatic.presets import DEFAULT_MODEL_PRESET, PRESETS, THRESHOLD_KEYS, calibrated_for, preset
 from .common import add_model_args, load_model_from_args
 from .data_blur import add_detector_options, detector_from_args
 
@@ -84,7 +87,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="output folder (created; images finished in it with the same model and settings are skipped)",
     )
     p.add_argument("--format", choices=FORMATS, default="sa1b", help="sa1b JSON, coco JSON, or 16-bit label png")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="default", help="paper settings (docs/automatic.md)")
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default=None,
+        help="paper settings (docs/automatic.md). Default: 'default' (the official thresholds), except "
+        f"for the embedded default model without threshold options: {DEFAULT_MODEL_PRESET!r}, its calibrated ones",
+    )
     p.add_argument("--overlay", action="store_true", help="also write <name>.overlay.png with every mask coloured")
     p.add_argument(
         "--blur",
@@ -144,7 +153,55 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def generator_kwargs(args: argparse.Namespace) -> dict:
     """Preset settings overridden by every knob given on the command line."""
     overrides = {name: getattr(args, name) for name, _, _ in KNOBS if getattr(args, name) is not None}
-    return preset(args.preset, **overrides)
+    return preset(preset_name(args), **overrides)
+
+
+def uses_default_model(args: argparse.Namespace) -> bool:
+    """Whether :func:`load_model_from_args` will load the embedded default model."""
+    return args.checkpoint is None and args.model_type in (None, "default_segany")
+
+
+def preset_name(args: argparse.Namespace) -> str:
+    """``--preset``, or when none is given: the default model's calibrated thresholds for the
+    embedded default model (trained weights shipped, no threshold option given), else the
+    official settings.
+
+    Why: the official filters (tuned for SAM ViT-H) keep no mask of the small default model,
+    so ``segany auto photo.jpg`` would write nothing. An explicit ``--preset`` or threshold
+    always wins, and the generator class keeps the official defaults (drop-in parity)."""
+    if args.preset is not None:
+        return args.preset
+    from ..default_model import default_weights_path
+
+    if (
+        uses_default_model(args)
+        and DEFAULT_MODEL_PRESET in PRESETS
+        and default_weights_path() is not None
+        and all(getattr(args, key, None) is None for key in THRESHOLD_KEYS)
+    ):
+        return DEFAULT_MODEL_PRESET
+    return "default"
+
+
+def preset_note(args: argparse.Namespace) -> str | None:
+    """The line ``segany auto`` prints when it chose the default model's thresholds itself
+    (None when it did not), saying which values and how to get the official ones."""
+    if args.preset is not None or preset_name(args) != DEFAULT_MODEL_PRESET:
+        return None
+    from ..default_model import default_weights_path
+
+    values = ", ".join(f"{key} {PRESETS[DEFAULT_MODEL_PRESET][key]:g}" for key in THRESHOLD_KEYS)
+    note = (
+        f"note: the embedded default model uses its calibrated thresholds (--preset {DEFAULT_MODEL_PRESET}: "
+        f"{values}); --preset default for the official ones"
+    )
+    weights = default_weights_path()
+    if weights is not None and not calibrated_for(weights):
+        note += (
+            "; they were calibrated on other weights than the shipped ones: rerun "
+            "scripts/calibrate_auto.py runs/sa1b_train/*"
+        )
+    return note
 
 
 def validate_knobs(kwargs: dict[str, Any]) -> None:
@@ -185,6 +242,9 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--threads must be between 1 and {MAX_THREADS}, got {args.threads}")
     kwargs = generator_kwargs(args)
     validate_knobs(kwargs)
+    note = preset_note(args)
+    if note is not None:
+        print(note, file=sys.stderr)
     ray_options = ray_settings(args)  # a missing Ray or a bad --ray-* value stops us here
     jobs, _ = collect_images(args.inputs)
     check_plan(jobs, args.out, args.format, args.overlay)  # before the model is loaded
