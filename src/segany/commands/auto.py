@@ -242,10 +242,10 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--threads must be between 1 and {MAX_THREADS}, got {args.threads}")
     kwargs = generator_kwargs(args)
     validate_knobs(kwargs)
-    note = preset_note(args)
+    ray_options = ray_settings(args)  # a missing Ray or a bad --ray-* value stops us here
+    note = preset_note(args)  # after the option checks: a refused command prints only its error
     if note is not None:
         print(note, file=sys.stderr)
-    ray_options = ray_settings(args)  # a missing Ray or a bad --ray-* value stops us here
     jobs, _ = collect_images(args.inputs)
     check_plan(jobs, args.out, args.format, args.overlay)  # before the model is loaded
     release = release_plan(jobs, args) if args.blur else None
