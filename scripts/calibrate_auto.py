@@ -59,9 +59,10 @@ from tqdm import tqdm
 
 from segany import SamAutomaticMaskGenerator
 from segany.atomic_files import atomic_path, write_json_atomic
-from segany.automatic.presets import DEFAULT_MODEL_THRESHOLDS_FILE, weights_file_sha256
+from segany.automatic.presets import DEFAULT_MODEL_THRESHOLDS_FILE
 from segany.data.sa1b import RecordIndex, SA1BError, SA1BRecord
 from segany.default_model import default_weights_path, load_default_model
+from segany.file_hash import file_sha256
 from segany.image_io import load_image
 from segany.masks import box_iou, box_xywh_to_xyxy, mask_iou, rle_to_mask
 from segany.modeling import Sam
@@ -357,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         "offsets": offsets,
         "box_nms_thresh": args.box_nms_thresh,
         "match_iou": args.match_iou,
-        "weights_file_sha256": weights_file_sha256(weights),
+        "weights_file_sha256": file_sha256(weights),
     }
     from_cache = False
     if args.cache and Path(args.cache).is_file():

@@ -24,11 +24,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from pathlib import Path
 from typing import Any
+
+from ..file_hash import file_sha256
 
 DEFAULT_MODEL_PRESET = "segany-default"
 DEFAULT_MODEL_THRESHOLDS_FILE = Path(__file__).with_name("segany_default_thresholds.json")
@@ -97,17 +98,7 @@ def calibrated_for(weights: str | Path, path: str | Path = DEFAULT_MODEL_THRESHO
     data = load_thresholds(path)
     if data is None:
         return False
-    return data.get("calibration", {}).get("weights_file_sha256") == weights_file_sha256(weights)
-
-
-def weights_file_sha256(path: str | Path) -> str:
-    """SHA-256 of a weights file's bytes: what a calibration records it was measured on
-    (a file, not the loaded tensors: the CLI checks it without loading the model)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return data.get("calibration", {}).get("weights_file_sha256") == file_sha256(weights)  # the file: checked without loading the model
 
 
 def _default_model_preset() -> dict[str, Any] | None:

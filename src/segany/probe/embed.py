@@ -20,7 +20,6 @@ For each image the encoder runs once; then, per mask,
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..file_hash import file_sha256
 from ..image_io import load_image
 from ..masks import batched_mask_to_box, mask_iou, rle_to_mask
 from ..modeling import Sam
@@ -41,14 +41,6 @@ from .tokens import decode_with_tokens, decoder_cache
 
 PROMPTS = ("box+point", "box")
 CHUNK = 16  # masks decoded and pooled together (full-size masks of one chunk in memory at once)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def embed_masks(
@@ -109,7 +101,7 @@ def embed_masks(
                 f"{image.shape[1]}x{image.shape[0]}"
             )
         predictor.set_image(image)
-        digest = _sha256(item.image_path)
+        digest = file_sha256(item.image_path)
         bins = hsv_bin_index(image)
         _embed_image(model, predictor, item, bins, prompt, rows, bar)
         n = len(item.annotations)
