@@ -5,7 +5,9 @@
 - the cached decoder (block-diagonal first-layer image->token logits, transposed softmax,
   the first upscaling matmul distributed over the layers' low-rank updates) against
   :meth:`MaskDecoder.predict_masks`, with every weight random (LayerNorm weights included,
-  which the distributed upscaling folds in) and batches across ``DECODE_CHUNK``.
+  which the distributed upscaling folds in) and batches across ``DECODE_CHUNK``;
+- the workspace (scratch buffers kept between calls) against fresh tensors: bit-identical
+  outputs, its memory reused, never handed out, separate per thread.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from segany.modeling.cached_decoder import DECODE_CHUNK, decode_cached, mask_pro
 from segany.modeling.decoder_cache import DecoderImageCache
 from segany.modeling.mask_upsampling import upsample_low_res, upsample_low_res_banded
 from segany.modeling.reassociated_attention import block_diagonal_heads
+from segany.modeling.workspace import Workspace
 
 
 @pytest.mark.parametrize(
@@ -81,3 +84,87 @@ def test_cached_decoder_matches_plain(decoder_parts, n_prompts, multimask):
     for a, b in ((low, ref_low), (iou, ref_iou), (low_t, ref_low), (iou_t, ref_iou)):
         assert a.shape == b.shape
         assert (a - b).abs().max().item() < 1e-4
+
+
+def _decode_inputs(decoder_parts, n_prompts, seed=0):
+    pe, dec = decoder_parts
+    gen = torch.Generator().manual_seed(seed)
+    feats = torch.randn(1, 256, 64, 64, generator=gen)
+    coords = torch.rand(n_prompts, 1, 2, generator=gen) * 1024
+    labels = torch.ones(n_prompts, 1, dtype=torch.int)
+    with torch.no_grad():
+        sparse, dense = pe(points=(coords, labels), boxes=None, masks=None)
+        cache = DecoderImageCache.build(dec, feats + pe.no_mask_dense(1, (64, 64)), pe.get_dense_pe())
+    return feats, sparse, dense, cache
+
+
+@pytest.mark.parametrize("n_prompts", [1, DECODE_CHUNK + 2])
+def test_workspace_is_bit_identical_and_reused(decoder_parts, n_prompts):
+    _, dec = decoder_parts
+    feats, sparse, dense, cache = _decode_inputs(decoder_parts, n_prompts)
+    ws = Workspace()
+    tokens = mask_prompt_tokens(feats, dense, n_prompts)
+    with torch.no_grad():
+        for mask_slice in (dec.output_slice(True), dec.output_slice(False)):
+            for image_tokens in (None, tokens):
+                ref = decode_cached(dec, cache, sparse, mask_slice, image_tokens)
+                first = decode_cached(dec, cache, sparse, mask_slice, image_tokens, workspace=ws)
+                ptrs = {name: buf.data_ptr() for name, buf in ws._local.bufs.items()}
+                second = decode_cached(dec, cache, sparse, mask_slice, image_tokens, workspace=ws)
+                assert {name: buf.data_ptr() for name, buf in ws._local.bufs.items()} == ptrs  # reused
+                for a, b, c in zip(ref, first, second):
+                    assert torch.equal(a, b) and torch.equal(a, c)  # same kernels: bit-identical
+                # the outputs are never views of scratch memory the next call overwrites
+                held = {buf.untyped_storage().data_ptr() for buf in ws._local.bufs.values()}
+                assert not {t.untyped_storage().data_ptr() for t in first} & held
+    assert ws.nbytes() > 4096 * 256 * 4  # it holds at least one image-token buffer
+    ws.clear()
+    assert ws.nbytes() == 0
+
+
+def test_workspace_per_thread_and_copyable():
+    import copy
+    import pickle
+    import threading
+
+    ws = Workspace()
+    like = torch.zeros(1)
+    mine = ws.get("x", (4, 4), like)
+    other = []
+    t = threading.Thread(target=lambda: other.append(ws.get("x", (4, 4), like)))
+    t.start()
+    t.join()
+    assert other[0].data_ptr() != mine.data_ptr()
+    assert ws.get("x", (4, 4), like).data_ptr() == mine.data_ptr()
+    assert ws.get("x", (2, 4), like).data_ptr() == mine.data_ptr()  # fewer rows: a view
+    assert ws.get("x", (4, 5), like).shape == (4, 5)  # another shape replaces the buffer
+    for clone in (copy.deepcopy(ws), pickle.loads(pickle.dumps(ws))):
+        assert isinstance(clone, Workspace) and clone.nbytes() == 0
+
+
+def test_predictor_workspace_matches_fresh_tensors(small_model):
+    import numpy as np
+
+    from segany import SamPredictor
+
+    img = np.random.RandomState(2).randint(0, 255, (90, 140, 3), dtype=np.uint8)
+    kept, fresh = SamPredictor(small_model), SamPredictor(small_model)
+    fresh._workspace = None  # decode_cached(workspace=None): every tensor new
+    kept.set_image(img)
+    fresh.set_image(img)
+    prompts = [
+        {"point_coords": np.array([[70, 40]]), "point_labels": np.array([1])},
+        {"box": np.array([10, 10, 100, 80]), "multimask_output": False},
+        {"point_coords": np.array([[[20, 30]], [[90, 60]]]), "point_labels": np.array([[1], [1]])},
+    ]
+    outputs = []
+    for kwargs in prompts * 2:  # twice: the second round runs on reused buffers
+        a = kept.predict(return_logits=True, **kwargs)
+        b = fresh.predict(return_logits=True, **kwargs)
+        for x, y in zip(a, b):
+            assert np.array_equal(x, y)
+        outputs.append(a)
+    # a later call never changes what an earlier one returned
+    for first, again in zip(outputs[:3], outputs[3:]):
+        for x, y in zip(first, again):
+            assert np.array_equal(x, y)

@@ -37,6 +37,7 @@ from .modeling import MaskDecoder, PromptEncoder, Sam
 from .modeling.cached_decoder import decode_cached, mask_prompt_tokens
 from .modeling.decoder_cache import DecoderImageCache
 from .modeling.mask_upsampling import upsample_low_res_banded
+from .modeling.workspace import Workspace
 from .transforms import ResizeLongestSide
 
 LOW_RES = 256  # side of the decoder's low-resolution logits and of mask_input
@@ -96,6 +97,9 @@ class SamPredictor:
         self.transform = ResizeLongestSide(sam_model.image_encoder.img_size)
         self._batch: list[ImageState] = []
         self._decode_copy: tuple[tuple, PromptEncoder, MaskDecoder] | None = None
+        # scratch buffers of the cached decoder, kept between calls (per thread): an
+        # interactive click then touches no fresh memory (modeling/workspace.py says why)
+        self._workspace = Workspace()
         self.reset_image()
 
     # ------------------------------------------------------------------ image embedding
@@ -304,6 +308,7 @@ class SamPredictor:
                 mask_decoder.output_slice(multimask_output),
                 # a mask prompt makes the image tokens per-prompt
                 None if mask_input is None else mask_prompt_tokens(features, dense, len(sparse)),
+                workspace=self._workspace,
             )
         # Scores and logits leave in float32 whatever the model's dtype (a no-op for fp32
         # models): numpy has no bfloat16, and the upsampling then interpolates in float32.

@@ -22,12 +22,13 @@ path is inference-only (no autograd: use :class:`MaskDecoder` to train).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+from torch import nn
 
 from .decoder_cache import DecoderImageCache
 from .mask_decoder import MaskDecoder
 from .reassociated_attention import image_to_token_factors, token_to_image
 from .transformer import TwoWayTransformer
+from .workspace import Workspace
 
 DECODE_CHUNK = 4
 """Prompts decoded together. Every prompt carries its own 4096x256 image tokens (4 MB in
@@ -35,6 +36,37 @@ fp32): a batch of 64 streams 268 MB tensors through memory for each elementwise 
 groups of 4 stay in the CPU caches. Measured with the 8 M-parameter default model, 1 thread,
 64 prompts: 182 ms per prompt in groups of 4 against 263 ms in one batch; the outputs are
 identical (the same kernels on the same rows)."""
+
+
+def _scratch(ws: Workspace | None, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor | None:
+    """``ws``'s buffer ``name`` for an ``out=`` argument, or None (a fresh tensor) without a
+    workspace (ONNX tracing, the public helpers whose outputs callers keep)."""
+    return None if ws is None else ws.get(name, shape, like)
+
+
+def _layer_norm_stats(
+    x: torch.Tensor, norm: nn.Module, ws: Workspace | None, name: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``torch.native_layer_norm(x, ...)`` (output, mean, rstd) over the last axis with
+    ``norm``'s weight, bias and eps (an ``nn.LayerNorm`` or the upscaling's channel norm,
+    applied channels-last), written into ``ws``'s buffers when there is one: the same
+    kernel either way."""
+    shape = [int(norm.weight.shape[0])]
+    if ws is None or x.dtype != torch.float32:
+        return torch.native_layer_norm(x, shape, norm.weight, norm.bias, norm.eps)
+    stats = (*x.shape[: x.dim() - len(shape)], *([1] * len(shape)))
+    return torch.ops.aten.native_layer_norm.out(
+        x, shape, norm.weight, norm.bias, norm.eps,
+        out0=ws.get(name, tuple(x.shape), x), out1=ws.get(name + ".mean", stats, x), out2=ws.get(name + ".rstd", stats, x),
+    )
+
+
+def _activate(y: torch.Tensor, act: nn.Module, in_place: bool) -> torch.Tensor:
+    """``act(y)``, in place on ``y`` (a scratch tensor of the caller's) for GELU: the same
+    kernel, without a new 4-8 MB output."""
+    if in_place and isinstance(act, nn.GELU):
+        return torch.ops.aten.gelu_(y, approximate=act.approximate)
+    return act(y)
 
 
 def mask_prompt_tokens(image_embedding: torch.Tensor, dense: torch.Tensor, batch: int) -> torch.Tensor:
@@ -73,8 +105,11 @@ def _transformer_with_factors(
     cache: DecoderImageCache,
     sparse_prompt_embeddings: torch.Tensor,
     image_tokens: torch.Tensor | None,
+    ws: Workspace | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, list[ImageTokenFactors]]:
-    """:func:`cached_transformer` plus each layer's :data:`ImageTokenFactors`."""
+    """:func:`cached_transformer` plus each layer's :data:`ImageTokenFactors`. With ``ws`` the
+    4096-row tensors are written into its buffers: the returned image tokens and factors
+    are then valid only until the next call with the same workspace."""
     transformer: TwoWayTransformer = decoder.transformer  # type: ignore[assignment]
     if image_tokens is None and cache.image_tokens_only:
         raise ValueError("this cache (DecoderImageCache.for_image_tokens) decodes only with image_tokens")
@@ -90,7 +125,7 @@ def _transformer_with_factors(
         queries = layer.token_self_attention(queries, query_pe)
         q = queries + query_pe
         first_cached = i == 0 and use_cache
-        keys_pe = None if first_cached else keys + key_pe
+        keys_pe = None if first_cached else torch.add(keys, key_pe, out=_scratch(ws, "keys_pe", keys.shape, keys))
         if first_cached:
             t2i = layer.cross_attn_token_to_image
             q_heads = t2i.separate_heads(t2i.q_proj(q))
@@ -105,19 +140,26 @@ def _transformer_with_factors(
             p_t, vw = image_to_token_factors(i2t, q, queries, q_heads_t=cache.i2t_q_t)
         else:
             p_t, vw = image_to_token_factors(i2t, q, queries, x_q=keys_pe)
-        x = torch.baddbmm(keys + i2t.out_proj.bias, p_t.transpose(1, 2), vw)
-        norm = layer.norm4
+        if ws is None:
+            x = torch.baddbmm(keys + i2t.out_proj.bias, p_t.transpose(1, 2), vw)
+        else:  # the same two steps (copy in the biased tokens, accumulate the product) in place
+            x = torch.add(keys.expand(b, -1, -1), i2t.out_proj.bias, out=ws.get("x", (b, *keys.shape[1:]), keys))
+            x.baddbmm_(p_t.transpose(1, 2), vw)
         # the same kernel as norm4(x), which also returns the statistics the fused upscaling needs
-        keys, mean, rstd = torch.native_layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+        keys, mean, rstd = _layer_norm_stats(x, layer.norm4, ws, f"keys{i}")
         factors.append((p_t, vw, mean, rstd))
     q = queries + query_pe
-    attn_out = token_to_image(transformer.final_attn_token_to_image, q, keys + key_pe, keys)
+    keys_pe = torch.add(keys, key_pe, out=_scratch(ws, "keys_pe", keys.shape, keys))
+    attn_out = token_to_image(transformer.final_attn_token_to_image, q, keys_pe, keys)
     hs = transformer.norm_final_attn(queries + attn_out)
     return hs, keys, factors
 
 
 def _fused_up1(
-    transformer: TwoWayTransformer, cache: DecoderImageCache, factors: list[ImageTokenFactors]
+    transformer: TwoWayTransformer,
+    cache: DecoderImageCache,
+    factors: list[ImageTokenFactors],
+    ws: Workspace | None = None,
 ) -> torch.Tensor:
     """The first upscaling matmul ``keys_final @ up1_w + up1_b`` (B x N x 4*C1) without the
     4096x256x256 product on the per-prompt image tokens.
@@ -151,7 +193,8 @@ def _fused_up1(
         right += [vw @ s_l, consts.expand(b, -1, -1)]
     left_t = torch.cat(left, dim=1)  # B K N
     right_m = torch.cat(right, dim=1)  # B K 4C1
-    acc = cache.up1_keys * scales[0]
+    n, k1 = cache.up1_keys.shape[1:]
+    acc = torch.mul(cache.up1_keys, scales[0], out=_scratch(ws, "up1", (scales[0].shape[0], n, k1), cache.up1_keys))
     acc.baddbmm_(left_t.transpose(1, 2), right_m)
     return acc.add_(cache.up1_b)
 
@@ -203,6 +246,7 @@ def _mask_logits_channels_last(
     keys: torch.Tensor,
     mask_slice: slice,
     up1: torch.Tensor | None = None,
+    ws: Workspace | None = None,
 ) -> torch.Tensor:
     """:meth:`MaskDecoder.mask_logits` on the full grid as channels-last matmuls with the
     cache's re-laid-out weights; rows are ordered (pixel, di, dj, ei, ej). ``up1``: the
@@ -213,11 +257,14 @@ def _mask_logits_channels_last(
     _, ln, act1, _, act2 = decoder.output_upscaling
     c1 = cache.up1_w.shape[1] // 4
     if up1 is None:
-        up1 = torch.addmm(cache.up1_b, keys.reshape(-1, c), cache.up1_w)
+        out = _scratch(ws, "up1", (b, keys.shape[1], 4 * c1), keys)
+        up1 = torch.addmm(cache.up1_b, keys.reshape(-1, c), cache.up1_w, out=None if out is None else out.view(-1, 4 * c1))
     y = up1.reshape(-1, c1)
-    y = act1(F.layer_norm(y, (c1,), ln.weight, ln.bias, ln.eps))
+    # LayerNorm and GELU in the workspace's buffers when there is one (same kernels)
+    y = _activate(_layer_norm_stats(y, ln, ws, "up1_norm")[0], act1, ws is not None)
     c2 = cache.up2_w.shape[1] // 4
-    y = act2(torch.addmm(cache.up2_b, y, cache.up2_w)).reshape(b, -1, c2)
+    out = _scratch(ws, "up2", (y.shape[0], 4 * c2), y)
+    y = _activate(torch.addmm(cache.up2_b, y, cache.up2_w, out=out), act2, ws is not None).reshape(b, -1, c2)
     m = hyper_in.shape[1]
     masks = torch.bmm(y, hyper_in.transpose(1, 2))  # B (h w di dj ei ej) M
     return masks.reshape(b, gh, gw, 2, 2, 2, 2, m).permute(0, 7, 1, 3, 5, 2, 4, 6).reshape(b, m, 4 * gh, 4 * gw)
@@ -229,6 +276,7 @@ def decode_cached(
     sparse_prompt_embeddings: torch.Tensor,
     mask_slice: slice,
     image_tokens: torch.Tensor | None = None,
+    workspace: Workspace | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same outputs as :meth:`MaskDecoder.predict_masks`: low-res logits BxMx(4H)x(4W) and
     IoU predictions BxM of the mask tokens ``mask_slice`` selects
@@ -236,19 +284,21 @@ def decode_cached(
 
     The dense prompt is the no-mask embedding baked into the cache, unless ``image_tokens``
     (BxNxC, :func:`mask_prompt_tokens`) carries each prompt's mask embedding. Prompts run in
-    groups of :data:`DECODE_CHUNK` (see there).
+    groups of :data:`DECODE_CHUNK` (see there). ``workspace``: reuse its buffers for the
+    4096-row intermediates (:mod:`segany.modeling.workspace`); the outputs are fresh tensors
+    either way, and equal.
     """
     b = sparse_prompt_embeddings.shape[0]
     low_res, iou = [], []
     for s in range(0, max(b, 1), DECODE_CHUNK):  # (an empty batch still gives empty outputs)
         tokens = None if image_tokens is None else image_tokens[s : s + DECODE_CHUNK]
         hs, keys, factors = _transformer_with_factors(
-            decoder, cache, sparse_prompt_embeddings[s : s + DECODE_CHUNK], tokens
+            decoder, cache, sparse_prompt_embeddings[s : s + DECODE_CHUNK], tokens, workspace
         )
         # With the cached image tokens the first upscaling matmul distributes over the
         # layers' low-rank updates; per-prompt image tokens would make it no cheaper.
-        up1 = _fused_up1(decoder.transformer, cache, factors) if tokens is None else None  # type: ignore[arg-type]
-        low_res.append(_mask_logits_channels_last(decoder, cache, hs, keys, mask_slice, up1))
+        up1 = _fused_up1(decoder.transformer, cache, factors, workspace) if tokens is None else None  # type: ignore[arg-type]
+        low_res.append(_mask_logits_channels_last(decoder, cache, hs, keys, mask_slice, up1, workspace))
         iou.append(decoder.predict_iou(hs, mask_slice))
     if len(low_res) == 1:
         return low_res[0], iou[0]
