@@ -335,7 +335,9 @@ class SamAutomaticMaskGenerator:
         rows, cols = low_res_extent(self.predictor.input_size, low_size, self.model.img_size)
         ious, needed, lows = [], [], []
         for s in range(0, len(sparse), DECODE_CHUNK):  # small groups stay in the CPU caches
-            hs, keys = cached_transformer(decoder, cache, sparse[s : s + DECODE_CHUNK])
+            # the predictor's scratch buffers: ``keys`` is read only in this iteration
+            # (``keys[need]`` copies), before the next group overwrites it
+            hs, keys = cached_transformer(decoder, cache, sparse[s : s + DECODE_CHUNK], workspace=self.predictor._workspace)
             iou_preds = decoder.predict_iou(hs, multimask)
             if self.pred_iou_thresh > 0.0:
                 need = (iou_preds > self.pred_iou_thresh).any(dim=1).nonzero().flatten()

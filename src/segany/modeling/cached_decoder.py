@@ -45,19 +45,22 @@ def _scratch(ws: Workspace | None, name: str, shape: tuple[int, ...], like: torc
 
 
 def _layer_norm_stats(
-    x: torch.Tensor, norm: nn.Module, ws: Workspace | None, name: str
+    x: torch.Tensor, norm: nn.Module, ws: Workspace | None, name: str, stats_name: str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``torch.native_layer_norm(x, ...)`` (output, mean, rstd) over the last axis with
     ``norm``'s weight, bias and eps (an ``nn.LayerNorm`` or the upscaling's channel norm,
     applied channels-last), written into ``ws``'s buffers when there is one: the same
-    kernel either way."""
+    kernel either way. ``stats_name`` (default ``name``) names the statistics' buffers, which
+    must outlive the output's when they are kept (the fused upscaling reads every layer's)."""
     shape = [int(norm.weight.shape[0])]
     if ws is None or x.dtype != torch.float32:
         return torch.native_layer_norm(x, shape, norm.weight, norm.bias, norm.eps)
     stats = (*x.shape[: x.dim() - len(shape)], *([1] * len(shape)))
     return torch.ops.aten.native_layer_norm.out(
         x, shape, norm.weight, norm.bias, norm.eps,
-        out0=ws.get(name, tuple(x.shape), x), out1=ws.get(name + ".mean", stats, x), out2=ws.get(name + ".rstd", stats, x),
+        out0=ws.get(name, tuple(x.shape), x),
+        out1=ws.get((stats_name or name) + ".mean", stats, x),
+        out2=ws.get((stats_name or name) + ".rstd", stats, x),
     )
 
 
@@ -84,14 +87,17 @@ def cached_transformer(
     cache: DecoderImageCache,
     sparse_prompt_embeddings: torch.Tensor,
     image_tokens: torch.Tensor | None = None,
+    workspace: Workspace | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The two-way transformer on a cached image: (tokens BxTxC, image tokens BxNxC).
 
     ``image_tokens`` (BxNxC, from :func:`mask_prompt_tokens`): per-prompt image tokens that
     replace ``cache.keys``. The first layer then cannot use the cached projections, but
-    still runs re-associated.
+    still runs re-associated. ``workspace``: the 4096-row intermediates go into its buffers
+    (:mod:`segany.modeling.workspace`); the returned image tokens are then one of them,
+    valid until the next call with that workspace (copy what must live longer).
     """
-    hs, keys, _ = _transformer_with_factors(decoder, cache, sparse_prompt_embeddings, image_tokens)
+    hs, keys, _ = _transformer_with_factors(decoder, cache, sparse_prompt_embeddings, image_tokens, workspace)
     return hs, keys
 
 
@@ -146,7 +152,9 @@ def _transformer_with_factors(
             x = torch.add(keys.expand(b, -1, -1), i2t.out_proj.bias, out=ws.get("x", (b, *keys.shape[1:]), keys))
             x.baddbmm_(p_t.transpose(1, 2), vw)
         # the same kernel as norm4(x), which also returns the statistics the fused upscaling needs
-        keys, mean, rstd = _layer_norm_stats(x, layer.norm4, ws, f"keys{i}")
+        # (its input was the previous layer's tokens, read for the last time above: the one
+        # "keys" buffer serves every layer)
+        keys, mean, rstd = _layer_norm_stats(x, layer.norm4, ws, "keys", f"norm4.{i}")
         factors.append((p_t, vw, mean, rstd))
     q = queries + query_pe
     keys_pe = torch.add(keys, key_pe, out=_scratch(ws, "keys_pe", keys.shape, keys))
@@ -194,7 +202,8 @@ def _fused_up1(
     left_t = torch.cat(left, dim=1)  # B K N
     right_m = torch.cat(right, dim=1)  # B K 4C1
     n, k1 = cache.up1_keys.shape[1:]
-    acc = torch.mul(cache.up1_keys, scales[0], out=_scratch(ws, "up1", (scales[0].shape[0], n, k1), cache.up1_keys))
+    # (the image tokens plus pe are no longer needed: their buffer takes the product)
+    acc = torch.mul(cache.up1_keys, scales[0], out=_scratch(ws, "keys_pe", (scales[0].shape[0], n, k1), cache.up1_keys))
     acc.baddbmm_(left_t.transpose(1, 2), right_m)
     return acc.add_(cache.up1_b)
 
@@ -257,11 +266,12 @@ def _mask_logits_channels_last(
     _, ln, act1, _, act2 = decoder.output_upscaling
     c1 = cache.up1_w.shape[1] // 4
     if up1 is None:
-        out = _scratch(ws, "up1", (b, keys.shape[1], 4 * c1), keys)
+        out = _scratch(ws, "keys_pe", (b, keys.shape[1], 4 * c1), keys)
         up1 = torch.addmm(cache.up1_b, keys.reshape(-1, c), cache.up1_w, out=None if out is None else out.view(-1, 4 * c1))
     y = up1.reshape(-1, c1)
-    # LayerNorm and GELU in the workspace's buffers when there is one (same kernels)
-    y = _activate(_layer_norm_stats(y, ln, ws, "up1_norm")[0], act1, ws is not None)
+    # LayerNorm and GELU in the workspace's buffers when there is one (same kernels; the
+    # norm's output takes the transformer's scratch "x", free by now)
+    y = _activate(_layer_norm_stats(y, ln, ws, "x", "up1_norm")[0], act1, ws is not None)
     c2 = cache.up2_w.shape[1] // 4
     out = _scratch(ws, "up2", (y.shape[0], 4 * c2), y)
     y = _activate(torch.addmm(cache.up2_b, y, cache.up2_w, out=out), act2, ws is not None).reshape(b, -1, c2)
