@@ -66,7 +66,7 @@ if [ "$SHIP" = "--ship" ]; then
   SEGANY_SCREENSHOT=docs/engine_annotator.png "$PY" -m pytest -q tests/browser -k roundtrip > "$OUT/screenshot.log" 2>&1
 fi
 echo "== held-out validation"; tail -1 "$OUT/val.log"
-echo "== GrabCut clicks"; grep -E "mIoU|NoC|oracle" "$OUT/points_grabcut/report.md" | head -20 || true
+echo "== GrabCut clicks"; grep -E "^\|" "$OUT/points_grabcut/report.md" | head -20 || true
 echo "== prompts"; grep -E "\|" "$OUT/prompts/report.md" | head -30 || true
 [ "$SHIP" = "--ship" ] && { echo "== calibration"; tail -5 "$OUT/calibrate.log"; echo "== README job"; cat "$OUT/readme.json"; }
 exit 0
