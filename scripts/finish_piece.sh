@@ -24,6 +24,8 @@ OUT=runs/piece_eval
 mkdir -p "$OUT"
 export OMP_NUM_THREADS=1
 [ -f "$W" ] || { echo "finish_piece: no such file: $W" >&2; exit 2; }
+# the converted train splits (validation and calibration read them): scripts/train_default.sh makes them
+[ -d runs/sa1b_train/camvid ] || { echo "finish_piece: no runs/sa1b_train (run scripts/train_default.sh first)" >&2; exit 2; }
 
 lane1() {
   "$SEG" eval points --datasets grabcut --threads 1 --no-progress --no-resume --checkpoint "$W" \
@@ -38,16 +40,14 @@ lane2() {
 import json
 import sys
 
-import yaml
-
 from segany.modeling.build import build_model
+from segany.train.loop import TrainConfig
 from segany.train.validation import validate, validation_set
 
-cfg = yaml.safe_load(open("src/segany/configs/segany_cnn_cpu.yaml"))
+cfg = TrainConfig.load("src/segany/configs/segany_cnn_cpu.yaml")
 sam = build_model("auto", checkpoint=sys.argv[1]).float().eval()
-roots = [(r["path"], int(r.get("repeat", 1))) for r in cfg["data"]["roots"]]
-val = validation_set(roots, sam.img_size, cfg["data"]["holdout_every"])
-print(json.dumps(validate(sam, val, seed=cfg["train"]["seed"], limit=cfg["train"]["val_limit"])))
+val = validation_set(cfg.data.root_list(), sam.img_size, cfg.data.holdout_every)
+print(json.dumps(validate(sam, val, seed=cfg.train.seed, limit=cfg.train.val_limit)))
 EOF
   if [ "$SHIP" = "--ship" ]; then
     cp "$W" src/segany/weights/segany_default.safetensors.tmp

@@ -12,8 +12,9 @@ changing the process's allocator settings.
 Buffers are per thread (two threads decoding with one predictor never share scratch
 memory) and per name: one flat buffer that any request of at most its size views in the
 shape asked for (a larger request or another dtype replaces it), so what is held is one
-call's worth of scratch (20 MB for one prompt on a 64x64 grid, 4x that for a group of :data:`~segany.modeling.cached_decoder.DECODE_CHUNK`). Fewer names mean a
-smaller working set: on this machine's shared 32 MB L3 the decoder is memory-bound.
+call's worth of scratch (20 MB for one prompt on a 64x64 grid, 4x that for a group of
+:data:`~segany.modeling.cached_decoder.DECODE_CHUNK`). Fewer names mean a smaller working
+set: on this machine's shared 32 MB L3 the decoder is memory-bound.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ class Workspace:
     def get(self, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
         """An uninitialised buffer ``name`` of ``shape`` with ``like``'s dtype and device,
         the same memory as an earlier request of that name when it fits. The caller
-        must overwrite it completely and must not hand it out of the call that asked."""
+        must overwrite it completely, and whatever reads it must be done before the next
+        request of that name."""
         bufs: dict[str, torch.Tensor] | None = getattr(self._local, "bufs", None)
         if bufs is None:
             bufs = self._local.bufs = {}

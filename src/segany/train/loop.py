@@ -152,6 +152,12 @@ class DataSection:
     min_mask_px: int = 48
     holdout_every: int = 0  # N > 0: every N-th image of each folder is the validation set, never trained on
 
+    def root_list(self) -> list[Any]:
+        """``roots`` as the datasets take them: folders, or (folder, repeat) pairs. One
+        reading for the trainer and for anything that rebuilds its validation set
+        (``scripts/finish_piece.sh``)."""
+        return [(r["path"], int(r.get("repeat", 1))) if isinstance(r, dict) else r for r in self.roots]
+
 
 @dataclass(frozen=True)
 class TrainSection:
@@ -382,7 +388,7 @@ class Trainer:
         self.metrics_path = self.out_dir / "metrics.jsonl"
         built = build_sam_for_training(config.model) if sam is None else prepare_for_training(sam, config.model)
         self.sam = built.to(self.device)
-        roots = [(r["path"], int(r.get("repeat", 1))) if isinstance(r, dict) else r for r in config.data.roots]
+        roots = config.data.root_list()
         if not roots:
             raise ConfigError("data.roots is empty: give at least one SA-1B folder")
         dcfg = config.data
