@@ -2,10 +2,15 @@
 
 Measures, in one run, with the same decoder weights:
 1. the annotation page itself: >= 50 real mouse clicks on a real image (``segany serve``),
-   the median of onnxruntime-web ``session.run`` and of press -> mask drawn on the canvas;
-2. a bare benchmark page: segany's exported decoder vs the official package's
-   ``SamOnnxModel`` export (the reference), same weights, same prompts, ``session.run`` median;
-3. Python onnxruntime (1 thread) for both files, and segany's PyTorch ``SamPredictor.predict``.
+   the median of onnxruntime-web ``session.run`` and of press -> mask drawn on the canvas,
+   in three settings: the page as shipped (the per-click graph on the per-image cache),
+   ``?fast=0`` (the official-contract graph: the page before the per-click graph) and
+   ``?feedback=0`` (no mask fed back, as the official demo);
+2. a bare benchmark page: segany's official-contract export, the official package's
+   ``SamOnnxModel`` export (the reference) and segany's per-click graph
+   (:mod:`segany.export.onnx_click`), same weights, same prompts, ``session.run`` median,
+   with the previous mask fed back on 2 of 3 clicks, then without;
+3. Python onnxruntime (1 thread) for the three files, and segany's PyTorch ``SamPredictor.predict``.
 
     python benchmarks/bench_browser_decoder.py               # 60 clicks each
     python benchmarks/bench_browser_decoder.py --clicks 100 --threads 2
@@ -39,6 +44,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 from segany import SamPredictor, load_default_model  # noqa: E402
 from segany.engine.server import ort_dist_dir  # noqa: E402
 from segany.export.onnx import decoder_feeds, export_decoder  # noqa: E402
+from segany.export.onnx_click import click_feeds, export_click_decoder, export_decoder_cache  # noqa: E402
+from segany.modeling.decoder_cache import IMAGE_FIELDS  # noqa: E402
 
 IMAGE = ROOT.parent / "shared" / "data" / "bsds500" / "images" / "train" / "100075.jpg"
 CHROMIUM = os.environ.get("SEGANY_CHROMIUM", "/usr/bin/chromium")
@@ -115,7 +122,10 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def bare_page_ms(models: dict[str, Path], clicks: int, threads: int) -> dict[str, list[float]]:
+def bare_page_ms(models: dict[str, Path], clicks: int, threads: int, feedback: bool = True,
+                 cache: tuple[str, Path] | None = None) -> dict[str, list[float]]:
+    """``session.run`` times per model in the bare page (interleaved, same prompts); with
+    ``cache`` (name, file) the per-image cache graph runs once first, for click graphs."""
     from playwright.sync_api import sync_playwright
 
     dist = ort_dist_dir()
@@ -123,6 +133,8 @@ def bare_page_ms(models: dict[str, Path], clicks: int, threads: int) -> dict[str
     routes["/decoder_bench.html"] = BENCH_WEB / "decoder_bench.html"
     routes["/decoder_bench.js"] = BENCH_WEB / "decoder_bench.js"
     routes.update({f"/models/{k}": v for k, v in models.items()})
+    if cache is not None:
+        routes[f"/models/{cache[0]}"] = cache[1]
     handler = type("H", (_Handler,), {"routes": routes})
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler))
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
@@ -131,8 +143,9 @@ def bare_page_ms(models: dict[str, Path], clicks: int, threads: int) -> dict[str
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
             page = browser.new_page()
+            extra = ("" if feedback else "&feedback=0") + ("" if cache is None else f"&cache={cache[0]}")
             page.goto(f"http://127.0.0.1:{port}/decoder_bench.html?models={','.join(models)}"
-                      f"&clicks={clicks}&threads={threads}")
+                      f"&clicks={clicks}&threads={threads}{extra}")
             page.wait_for_function("document.body.dataset.state !== 'loading'", timeout=600_000)
             if page.evaluate("document.body.dataset.state") != "done":
                 raise RuntimeError(page.evaluate("window.benchError"))
@@ -153,8 +166,9 @@ def bare_page_ms(models: dict[str, Path], clicks: int, threads: int) -> dict[str
     return results
 
 
-def real_page_ms(clicks: int, threads: int) -> tuple[list[float], list[float]]:
-    """Real clicks in the annotation page served by ``segany serve``."""
+def real_page_ms(clicks: int, threads: int, query: str = "") -> tuple[list[float], list[float]]:
+    """Real clicks in the annotation page served by ``segany serve`` (``query``: extra page
+    parameters, e.g. ``&fast=0``)."""
     from playwright.sync_api import sync_playwright
 
     tmp = Path(tempfile.mkdtemp(prefix="segany-bench-"))
@@ -175,7 +189,7 @@ def real_page_ms(clicks: int, threads: int) -> tuple[list[float], list[float]]:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1280, "height": 760})
-            page.goto(f"http://127.0.0.1:{port}/?token=bench&threads={threads}")
+            page.goto(f"http://127.0.0.1:{port}/?token=bench&threads={threads}{query}")
             page.wait_for_function("document.body.dataset.state === 'ready'", timeout=300_000)
             box = page.locator("#prompt-layer").bounding_box()
             rng = np.random.default_rng(0)
@@ -210,6 +224,8 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="segany-bench-"))
     ours = export_decoder(model, tmp / "segany.onnx")
     official = export_official(model, tmp / "official.onnx")
+    click = export_click_decoder(model, tmp / "segany_click.onnx")
+    cache_graph = export_decoder_cache(model, tmp / "segany_cache.onnx")
 
     from segany.image_io import load_image
 
@@ -226,28 +242,39 @@ def main() -> int:
     torch_ms = statistics.median(t_torch[3:]) * 1000
     py_ours, cpu_ours = python_ort_ms(ours, feeds, args.clicks)
     py_official, cpu_official = python_ort_ms(official, feeds, args.clicks)
+    import onnxruntime as ort
+
+    cache = ort.InferenceSession(str(cache_graph), providers=["CPUExecutionProvider"])
+    cached = dict(zip(IMAGE_FIELDS, cache.run(None, {"image_embeddings": feeds["image_embeddings"]})))
+    py_click, cpu_click = python_ort_ms(click, click_feeds(cached, feeds["point_coords"][0, :-1],
+                                                            labels, predictor.original_size), args.clicks)
     print(f"machine load average: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print(f"PyTorch SamPredictor.predict (1 thread):       {torch_ms:8.1f} ms")
     print(f"Python onnxruntime, segany decoder (1 thread): {py_ours:8.1f} ms wall, {cpu_ours:6.1f} ms CPU")
     print(f"Python onnxruntime, official export (1 thread):{py_official:8.1f} ms wall, {cpu_official:6.1f} ms CPU"
           f"   ratio segany/official {py_ours / py_official:.2f} (CPU {cpu_ours / cpu_official:.2f})")
+    print(f"Python onnxruntime, segany per-click graph:    {py_click:8.1f} ms wall, {cpu_click:6.1f} ms CPU"
+          f"   ratio per-click/official {py_click / py_official:.2f} (CPU {cpu_click / cpu_official:.2f})")
 
     if not Path(CHROMIUM).is_file() or ort_dist_dir() is None:
         print("browser part skipped: needs /usr/bin/chromium and onnxruntime-web (.ci/setup-extra.sh)")
         return 0
-    bare = bare_page_ms({"segany.onnx": ours, "official.onnx": official}, args.clicks, args.threads)
-    b_ours, b_off = statistics.median(bare["segany.onnx"]), statistics.median(bare["official.onnx"])
-    print(f"Chromium onnxruntime-web ({args.threads} thread), segany decoder:  median {b_ours:7.1f} ms "
-          f"over {len(bare['segany.onnx'])} runs")
-    print(f"Chromium onnxruntime-web ({args.threads} thread), official export: median {b_off:7.1f} ms "
-          f"over {len(bare['official.onnx'])} runs   ratio segany/official {b_ours / b_off:.2f}")
-    if "segany.onnx:cpu_ms" in bare:
-        c_ours, c_off = bare["segany.onnx:cpu_ms"], bare["official.onnx:cpu_ms"]
-        print(f"Chromium renderer CPU time per run: segany {c_ours:.1f} ms, official {c_off:.1f} ms "
-              f"(ratio {c_ours / c_off:.2f})")
-    run, click = real_page_ms(args.clicks, args.threads)
-    print(f"annotation page, {len(run)} real clicks: decoder median {statistics.median(run):.1f} ms, "
-          f"press -> mask drawn median {statistics.median(click):.1f} ms")
+    models = {"segany.onnx": ours, "official.onnx": official, "segany_click.onnx": click}
+    for feedback in (True, False):
+        bare = bare_page_ms(models, args.clicks, args.threads, feedback=feedback,
+                            cache=("segany_cache.onnx", cache_graph))
+        print(f"bare page, previous mask fed back on 2 of 3 clicks: {feedback}; the per-click graph's cache "
+              f"graph ran once in {bare['segany_cache.onnx'][0]:.1f} ms")
+        medians = {name: statistics.median(bare[name]) for name in models}
+        for name in models:
+            cpu = f", renderer CPU {bare[name + ':cpu_ms']:.1f} ms" if name + ":cpu_ms" in bare else ""
+            print(f"  Chromium onnxruntime-web ({args.threads} thread), {name:18s} median {medians[name]:7.1f} ms "
+                  f"over {len(bare[name])} runs{cpu}   ratio to official {medians[name] / medians['official.onnx']:.2f}")
+    for label, query in (("as shipped (per-click graph)", ""), ("?fast=0 (official-contract graph)", "&fast=0"),
+                         ("?feedback=0 (no mask fed back)", "&feedback=0")):
+        run, press = real_page_ms(args.clicks, args.threads, query)
+        print(f"annotation page {label}, {len(run)} real clicks: decoder median {statistics.median(run):.1f} ms, "
+              f"press -> mask drawn median {statistics.median(press):.1f} ms")
     return 0
 
 

@@ -162,6 +162,11 @@ def test_validation_is_logged(coded_folder, tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "v" / "val.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
     assert all(0.0 <= r["val_point"] <= 1.0 and r["val_masks"] > 0 for r in rows)
+    for r in rows:  # the per-source means add back up to the pooled one
+        sources = [k.split("/", 1)[1] for k in r if k.startswith("val_masks/")]
+        assert sources and sum(r[f"val_masks/{s}"] for s in sources) == r["val_masks"]
+        pooled = sum(r[f"val_point/{s}"] * r[f"val_masks/{s}"] for s in sources) / r["val_masks"]
+        assert pooled == pytest.approx(r["val_point"])
     state, _ = read_checkpoint(tmp_path / "v" / "half.safetensors")
     assert state["mask_decoder.iou_token.weight"].dtype == torch.float16
 

@@ -219,6 +219,7 @@ class _FakePredictor:
         self.transform = ResizeLongestSide(64)
         self.device = torch.device("cpu")
         self.calls: list[tuple[int, bool]] = []
+        self.mask_inputs: list[bool] = []
 
     def set_image(self, image: np.ndarray) -> None:
         self.size = image.shape[:2]
@@ -231,6 +232,7 @@ class _FakePredictor:
 
         b = pts.shape[0]
         self.calls.append((pts.shape[1], multimask_output))
+        self.mask_inputs.append(mask_input is not None)
         whole = torch.ones_like(self.obj)
         corner = torch.zeros_like(self.obj)
         corner[:2, :2] = True
@@ -256,5 +258,14 @@ def test_simulate_image_tracks_top_and_oracle_and_feeds_clicks_back():
     assert tr.ious["oracle"] == [1.0]  # the best of 3 is exact: no error left, no more clicks
     assert tr.ious["top"][1] == 1.0 and len(tr.ious["top"]) == 2  # the 2nd click fixes it, then stop
     assert tr.noc("top", 0.9, 20) == 2 and tr.noc("oracle", 0.9, 20) == 1
-    # first call: 1 point, 3 masks; second: 2 points (centre + negative click), single mask
+    # first call: 1 point, 3 masks; second: 2 points (centre + negative click), single mask,
+    # with the first mask's logits fed back -- unless feed_mask is off
     assert fake.calls == [(1, True), (2, False)]
+    assert fake.mask_inputs == [False, True]
+    fake = _FakePredictor(obj)
+    again, _ = points.simulate_image(fake, np.zeros((40, 50, 3), np.uint8), EvalObjects([obj], None, [{"k": 1}]),
+                                     max_clicks=20, feed_mask=False)
+    assert fake.calls == [(1, True), (2, False)] and fake.mask_inputs == [False, False]
+    assert again[0].ious == tr.ious
+    experiment = points.PointsExperiment(fake, feed_mask=False)
+    assert experiment.feed_mask is False

@@ -34,8 +34,8 @@ import torch
 from .embeddings import load_embedding_file, save_embedding_file
 from .image_io import to_rgb_uint8
 from .modeling import MaskDecoder, PromptEncoder, Sam
-from .modeling.cached_decoder import decode_cached, mask_prompt_tokens
-from .modeling.decoder_cache import DecoderImageCache
+from .modeling.cached_decoder import decode_cached
+from .modeling.decoder_cache import DecoderImageCache, MaskPrompt
 from .modeling.mask_upsampling import upsample_low_res_banded
 from .modeling.workspace import Workspace
 from .transforms import ResizeLongestSide
@@ -294,11 +294,16 @@ class SamPredictor:
         # Point and box coordinates stay float32 (the prompt encoder computes their Fourier
         # features in float32 and returns tokens in its own dtype: bf16 coordinates would be
         # off by up to 4 px at 1024).
-        sparse, dense = prompt_encoder(points=points, boxes=boxes, masks=mask_input, text=text_embedding)
+        cached = not torch.is_grad_enabled()  # the cached path is inference-only
+        # the cached path takes a mask prompt as a low-rank update of the image cache
+        # (MaskPrompt), so the prompt encoder's full dense embedding is not needed there
+        sparse, dense = prompt_encoder(
+            points=points, boxes=boxes, masks=None if cached else mask_input, text=text_embedding
+        )
         features = state.features if state.features.dtype == dtype else state.features.to(dtype)
         image_pe = prompt_encoder.get_dense_pe()
-        if torch.is_grad_enabled():
-            # The cached path is inference-only; with autograd on, the official computation.
+        if not cached:
+            # with autograd on, the official computation
             low_res, iou = mask_decoder(features, image_pe, sparse, dense, multimask_output)
         else:
             low_res, iou = decode_cached(
@@ -306,9 +311,8 @@ class SamPredictor:
                 self._decoder_cache(state, prompt_encoder, mask_decoder, features, image_pe),
                 sparse,
                 mask_decoder.output_slice(multimask_output),
-                # a mask prompt makes the image tokens per-prompt
-                None if mask_input is None else mask_prompt_tokens(features, dense, len(sparse)),
                 workspace=self._workspace,
+                mask_prompt=None if mask_input is None else MaskPrompt.from_masks(prompt_encoder, mask_input),
             )
         # Scores and logits leave in float32 whatever the model's dtype (a no-op for fp32
         # models): numpy has no bfloat16, and the upsampling then interpolates in float32.

@@ -167,6 +167,7 @@ def test_box_brush_eraser_undo_redo_choice_delete(server, page):
     # single click: three candidate masks, keys 1-3 pick one
     _click(page, 0.8, 0.5)
     assert page.evaluate("window.segany.cur.nMasks") == 4
+    assert page.evaluate("window.segany.latestFast")  # the cached per-click graph
     page.keyboard.press("1")
     assert page.evaluate("window.segany.cur.choice") == 1
     page.keyboard.press("3")
@@ -175,6 +176,7 @@ def test_box_brush_eraser_undo_redo_choice_delete(server, page):
     _click(page, 0.1, 0.1, button="right")
     assert page.evaluate("window.segany.cur.points.map(p => p.label)") == [1, 0]
     assert page.evaluate("window.segany.cur.maskInput !== null && window.segany.cur.choice === 0")
+    assert page.evaluate("window.segany.latestFast")  # a mask prompt too (rank-16 cache update)
     before = _canvas_mask(page)
     # brush paints pixels in, eraser takes them out; undo/redo step through the edits
     page.keyboard.press("b")
@@ -217,3 +219,36 @@ def test_box_brush_eraser_undo_redo_choice_delete(server, page):
     page.wait_for_function("window.segany.index === 0 && document.body.dataset.state === 'ready'", timeout=60_000)
     assert not page.errors, page.errors
 
+
+
+def test_cached_click_graph_equals_the_full_graph_in_the_page(server, page):
+    """In onnxruntime-web too, the per-click graph on the page's cache gives the official
+    graph's outputs for the same prompts, without and with a mask prompt."""
+    diffs = page.evaluate(
+        """async () => {
+          const S = window.segany, out = [];
+          let previous = new Float32Array(65536);
+          for (const [pts, labs, hasMask] of [[[200, 150, 0, 0], [1, -1], 0], [[100, 80, 300, 200, 50, 300], [1, 0, 1], 1]]) {
+            const n = labs.length;
+            const prompts = {
+              point_coords: new ort.Tensor("float32", Float32Array.from(pts), [1, n, 2]),
+              point_labels: new ort.Tensor("float32", Float32Array.from(labs), [1, n]),
+              mask_input: new ort.Tensor("float32", previous, [1, 1, 256, 256]),
+              has_mask_input: new ort.Tensor("float32", Float32Array.from([hasMask]), [1]),
+              orig_im_size: new ort.Tensor("float32", Float32Array.from([S.H, S.W]), [2]),
+            };
+            const fast = await S.clickSession.run(Object.assign({}, S.cache, prompts));
+            const full = await S.session.run(Object.assign({ image_embeddings: S.embedding }, prompts));
+            previous = full.low_res_masks.data.slice(65536, 2 * 65536); // the first multimask output, fed next
+            for (const k of ["masks", "iou_predictions", "low_res_masks"]) {
+              let d = 0;
+              for (let i = 0; i < full[k].data.length; i++) d = Math.max(d, Math.abs(full[k].data[i] - fast[k].data[i]));
+              out.push([k, full[k].data.length === fast[k].data.length, d]);
+            }
+          }
+          return out;
+        }"""
+    )
+    for name, same_size, diff in diffs:
+        assert same_size and diff <= 1e-4, (name, diff)
+    assert not page.errors, page.errors

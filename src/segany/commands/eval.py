@@ -61,6 +61,9 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--first-click", choices=("center", "random"), default="center")
     p.add_argument("--max-clicks", type=int, default=20, help="NoC cap (default 20)")
+    p.add_argument("--no-mask-feedback", action="store_true",
+                   help="decode every click from the clicks alone, without the previous mask's logits (the paper "
+                   "feeds them; the official web demo does not)")
     p.set_defaults(func=run_points)
 
     p = sub.add_parser("prompts", help="box / 1-point / 5-click mIoU next to GrabCut and box-fill baselines")
@@ -201,6 +204,7 @@ def run_points(args: argparse.Namespace) -> int:
     res = points.run(
         SamPredictor(model), data, Path(args.out), info, command, args.first_click, args.max_clicks, args.seed,
         not args.no_progress, resume_run=not args.no_resume, partial=args.partial,
+        feed_mask=not args.no_mask_feedback,
     )
     m = res["mean"]["top"]
     return _done(Path(args.out), f"mean mIoU@1 {100 * m['mIoU']['1']:.1f}  @9 {100 * m['mIoU']['9']:.1f}  NoC@90 {m['NoC@90']:.2f}")

@@ -35,6 +35,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="encoder takes a uint8 HxWx3 RGB image of any size (resize, normalise and pad in the graph)",
     )
+    onnx.add_argument("--click-out", default=None,
+                      help="also export the per-click decoder (the per-image cache as inputs, no mask prompt; "
+                      "segany.export.onnx_click) to this path; needs --cache-out")
+    onnx.add_argument("--cache-out", default=None,
+                      help="the per-click decoder's cache graph (image_embeddings -> cache tensors, once per image)")
     onnx.add_argument("--opset", type=int, default=17)
     onnx.add_argument("--check", action="store_true", help="run the decoder once in onnxruntime and print its latency")
     onnx.set_defaults(func=run_onnx)
@@ -58,7 +63,11 @@ def run_onnx(args: argparse.Namespace) -> int:
     from ..export.onnx import export_decoder, export_encoder
 
     _onnx_device_and_dtype(args)
+    if (args.click_out is None) != (args.cache_out is None):
+        raise ValueError("--click-out and --cache-out go together (the click graph reads the cache graph's outputs)")
     outputs = [("--out", Path(args.out))] + ([("--encoder-out", Path(args.encoder_out))] if args.encoder_out else [])
+    if args.click_out:
+        outputs += [("--click-out", Path(args.click_out)), ("--cache-out", Path(args.cache_out))]
     check_outputs(outputs, inputs=[Path(args.checkpoint)] if args.checkpoint else [])
     model = load_model_from_args(args)
     t0 = time.perf_counter()
@@ -78,6 +87,22 @@ def run_onnx(args: argparse.Namespace) -> int:
             model, args.encoder_out, with_preprocess=args.encoder_preprocess, quantize=args.quantize, opset=args.opset
         )
         print(f"encoder: {enc} ({enc.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - t0:.1f} s)")
+    if args.click_out:
+        from ..export.onnx_click import export_click_decoder, export_decoder_cache
+
+        t0 = time.perf_counter()
+        click = export_click_decoder(
+            model,
+            args.click_out,
+            return_single_mask=args.return_single_mask,
+            use_stability_score=args.use_stability_score,
+            return_extra_metrics=args.return_extra_metrics,
+            quantize=args.quantize,
+            opset=args.opset,
+        )
+        cache = export_decoder_cache(model, args.cache_out, quantize=args.quantize, opset=args.opset)
+        print(f"per-click decoder: {click} + cache graph {cache} "
+              f"({(click.stat().st_size + cache.stat().st_size) / 1e6:.1f} MB, {time.perf_counter() - t0:.1f} s)")
     if args.check:
         print(f"onnxruntime decoder latency: {_check_latency(Path(out)):.1f} ms (median of 20, 1 thread)")
     return 0

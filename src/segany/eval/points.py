@@ -86,6 +86,7 @@ def simulate_image(
     rng: np.random.Generator | None = None,
     chunk: int = 16,
     keep_masks: int = 0,
+    feed_mask: bool = True,
 ) -> tuple[list[ObjectTrace], list[dict[str, Any]]]:
     """Simulate clicking on every object of one image.
 
@@ -103,6 +104,8 @@ def simulate_image(
         chunk: objects decoded together (bounds memory on crowded images).
         keep_masks: keep the "top" track's clicks and masks after 1 and 3 clicks for this many
             objects (for the report's example figures).
+        feed_mask: feed each click the previous mask's low-res logits (the paper's protocol);
+            False decodes every click from the clicks alone (what the official web demo does).
     Returns:
         (traces, examples).
     """
@@ -158,7 +161,7 @@ def simulate_image(
                 coords = np.array([tracks[t][i].points for i in active], dtype=np.float64)
                 labels = np.array([tracks[t][i].labels for i in active])
                 mask_in = torch.stack([tracks[t][i].logits for i in active]).to(predictor.device)
-                m, _, lo = _predict(predictor, coords, labels, mask_in, False, size)
+                m, _, lo = _predict(predictor, coords, labels, mask_in if feed_mask else None, False, size)
                 for j, i in enumerate(active):
                     tr = tracks[t][i]
                     tr.mask, tr.logits = m[j, 0], lo[j, 0:1]
@@ -204,16 +207,20 @@ class ClickExperiment(runner.Experiment):
     their masks (the simulation is deterministic, so the numbers agree).
     """
 
-    def __init__(self, predictor: SamPredictor, first: str, max_clicks: int, seed: int, keep_examples: int) -> None:
+    def __init__(self, predictor: SamPredictor, first: str, max_clicks: int, seed: int, keep_examples: int,
+                 feed_mask: bool = True) -> None:
         self.predictor = predictor
         self.first = first
         self.max_clicks = max_clicks
         self.seed = seed
+        self.feed_mask = feed_mask
         self.keep_examples = keep_examples
         self.examples: dict[str, list[dict[str, Any]]] = {}  # data set -> example objects (with pixels)
 
     def signature(self) -> dict[str, Any]:
-        return _signature(self.predictor, first=self.first, max_clicks=self.max_clicks, seed=self.seed)
+        # (feed_mask only when off: records of earlier runs, all with the mask fed back, stay valid)
+        extra = {} if self.feed_mask else {"feed_mask": False}
+        return _signature(self.predictor, first=self.first, max_clicks=self.max_clicks, seed=self.seed, **extra)
 
     def key(self, dataset: str, index: int, item: EvalImage) -> str:
         return record_key(index, item)
@@ -228,7 +235,7 @@ class ClickExperiment(runner.Experiment):
         if pixels is not None:
             rng = np.random.default_rng([self.seed, index])
             traces, ex = simulate_image(self.predictor, pixels, objs, self.first, self.max_clicks, rng,
-                                        keep_masks=self.keep_examples - len(examples))
+                                        keep_masks=self.keep_examples - len(examples), feed_mask=self.feed_mask)
             examples.extend({**e, "image": pixels} for e in ex)
         return {"traces": [{"meta": t.meta, "ious": t.ious} for t in traces]}
 
@@ -239,12 +246,13 @@ class PointsExperiment(ClickExperiment):
     name = "points"
     title = "Zero-shot point-to-mask evaluation (paper 7.1 / D.1)"
 
-    def __init__(self, predictor: SamPredictor, first: str = "center", max_clicks: int = 20, seed: int = 0) -> None:
+    def __init__(self, predictor: SamPredictor, first: str = "center", max_clicks: int = 20, seed: int = 0,
+                 feed_mask: bool = True) -> None:
         if max_clicks < max(CLICK_COUNTS):
             raise ValueError(
                 f"--max-clicks must be >= {max(CLICK_COUNTS)} (mIoU is reported up to 9 clicks), got {max_clicks}"
             )
-        super().__init__(predictor, first, max_clicks, seed, keep_examples=2)
+        super().__init__(predictor, first, max_clicks, seed, keep_examples=2, feed_mask=feed_mask)
 
     def summarise_dataset(self, dataset: str, finished: list[tuple[Any, dict[str, Any]]]) -> Any:
         traces = [t for _, rec in finished for t in traces_from_record(rec)]
@@ -409,14 +417,15 @@ def run(
     show_progress: bool = True,
     resume_run: bool = True,
     partial: bool = False,
+    feed_mask: bool = True,
 ) -> dict[str, Any]:
     """Evaluate every data set and write ``report.json``, ``report.md``, ``miou_vs_points.png`` and examples.
 
     Finished images are kept in ``out_dir/.resume``: a rerun after an interruption (same
     model, settings and data) continues where it stopped, unless ``resume_run`` is False.
     ``partial``: report only the images finished so far, computing nothing; data sets with
-    none finished are left out.
+    none finished are left out. ``feed_mask``: see :func:`simulate_image`.
     """
-    experiment = PointsExperiment(predictor, first, max_clicks, seed)
+    experiment = PointsExperiment(predictor, first, max_clicks, seed, feed_mask)
     options = runner.RunOptions(out_dir, model_info, command, show_progress, resume_run, partial)
     return runner.run(experiment, datasets, options)

@@ -61,11 +61,15 @@ EXTRA_OUTPUTS = ["stability_scores", "areas"]
 DEFAULT_OPSET = 17
 
 
-class SamOnnxDecoder(nn.Module):
-    """Prompt encoder + mask decoder + postprocessing with the official ONNX input contract.
+class OnnxMaskOutputs(nn.Module):
+    """What every exported decoder graph shares: the prompt encoder and mask decoder it
+    wraps, the output options, and the postprocessing from low-res logits to the outputs
+    (:meth:`outputs`). :class:`SamOnnxDecoder` (official contract) and the per-click
+    decoder of :mod:`segany.export.onnx_click` differ only in how they get the logits.
 
     Args:
-        model: a segany ``Sam``.
+        model: a segany ``Sam`` (or anything with ``prompt_encoder``, ``mask_decoder``,
+            ``img_size`` and ``mask_threshold``).
         return_single_mask: output one mask (best multimask output for one click, else mask 0).
         use_stability_score: report the stability score in ``iou_predictions`` instead of
             the predicted IoU (useful when the IoU head is weak, e.g. early in training).
@@ -94,13 +98,6 @@ class SamOnnxDecoder(nn.Module):
         # Constant for a given model, so it is computed once and stored as a graph constant.
         with torch.no_grad():
             self.register_buffer("dense_pe", self.prompt_encoder.pe_layer(self.prompt_encoder.image_embedding_size)[None])
-
-    def _dense_embeddings(self, mask_input: torch.Tensor, has_mask_input: torch.Tensor) -> torch.Tensor:
-        """Mask prompt embedding, or the learned 'no mask' embedding when has_mask_input is 0."""
-        from_mask = self.prompt_encoder.mask_downscaling(mask_input)
-        no_mask = self.prompt_encoder.no_mask_dense(1, (1, 1))  # broadcast over the grid
-        w = has_mask_input.reshape(1, 1, 1, 1)
-        return from_mask * w + no_mask * (1.0 - w)
 
     def _upscale(self, low_res: torch.Tensor, orig_im_size: torch.Tensor) -> torch.Tensor:
         """256x256 logits -> original frame: upsample to the padded square, crop the resized
@@ -132,6 +129,34 @@ class SamOnnxDecoder(nn.Module):
         idx = best.reshape(-1, 1, 1, 1).expand(-1, 1, low_res.shape[-2], low_res.shape[-1])
         return torch.gather(low_res, 1, idx), torch.gather(scores, 1, best.reshape(-1, 1))
 
+    def outputs(
+        self, low_res: torch.Tensor, iou: torch.Tensor, n_points: int, orig_im_size: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        """The graph outputs (:data:`DECODER_OUTPUTS`, plus :data:`EXTRA_OUTPUTS` when asked)
+        from the decoder's 1x4x256x256 low-res logits and 1x4 predicted IoUs."""
+        if self.use_stability_score:
+            iou = self._stability(low_res)
+        if self.return_single_mask:
+            low_res, iou = self._select_single(low_res, iou, n_points)
+        masks = self._upscale(low_res, orig_im_size)
+        if not self.return_extra_metrics:
+            return masks, iou, low_res
+        stability = self._stability(low_res)
+        areas = (masks > self.mask_threshold).flatten(2).sum(-1).to(torch.float32)
+        return masks, iou, low_res, stability, areas
+
+
+class SamOnnxDecoder(OnnxMaskOutputs):
+    """Prompt encoder + mask decoder + postprocessing with the official ONNX input contract
+    (module docstring); the options are :class:`OnnxMaskOutputs`'."""
+
+    def _dense_embeddings(self, mask_input: torch.Tensor, has_mask_input: torch.Tensor) -> torch.Tensor:
+        """Mask prompt embedding, or the learned 'no mask' embedding when has_mask_input is 0."""
+        from_mask = self.prompt_encoder.mask_downscaling(mask_input)
+        no_mask = self.prompt_encoder.no_mask_dense(1, (1, 1))  # broadcast over the grid
+        w = has_mask_input.reshape(1, 1, 1, 1)
+        return from_mask * w + no_mask * (1.0 - w)
+
     def forward(
         self,
         image_embeddings: torch.Tensor,
@@ -148,16 +173,7 @@ class SamOnnxDecoder(nn.Module):
         cache = DecoderImageCache.for_image_tokens(self.mask_decoder, self.dense_pe)
         image_tokens = mask_prompt_tokens(image_embeddings, dense, 1)
         low_res, iou = decode_cached(self.mask_decoder, cache, sparse, slice(None), image_tokens)
-        if self.use_stability_score:
-            iou = self._stability(low_res)
-        if self.return_single_mask:
-            low_res, iou = self._select_single(low_res, iou, point_coords.shape[1])
-        masks = self._upscale(low_res, orig_im_size)
-        if not self.return_extra_metrics:
-            return masks, iou, low_res
-        stability = self._stability(low_res)
-        areas = (masks > self.mask_threshold).flatten(2).sum(-1).to(torch.float32)
-        return masks, iou, low_res, stability, areas
+        return self.outputs(low_res, iou, point_coords.shape[1], orig_im_size)
 
 
 class SamOnnxEncoder(nn.Module):

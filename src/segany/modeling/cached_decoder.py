@@ -5,7 +5,8 @@ prompts against one image embedding. This path gives what :class:`MaskDecoder` g
 to float rounding (tested to 1e-4 against the official implementation), in less time:
 
 - the prompt-independent work is read from a :class:`DecoderImageCache` built once per
-  image;
+  image; a mask prompt updates it by a rank-16 product (:class:`MaskPrompt`) instead of
+  making the image tokens per-prompt;
 - every cross-attention runs re-associated (:mod:`segany.modeling.reassociated_attention`),
   except the first layer's, which attends over the cached projections;
 - with the cached image tokens, the first upscaling matmul is distributed over the
@@ -24,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .decoder_cache import DecoderImageCache
+from .decoder_cache import DecoderImageCache, MaskPrompt
 from .mask_decoder import MaskDecoder
 from .reassociated_attention import image_to_token_factors, token_to_image
 from .transformer import TwoWayTransformer
@@ -287,28 +288,38 @@ def decode_cached(
     mask_slice: slice,
     image_tokens: torch.Tensor | None = None,
     workspace: Workspace | None = None,
+    mask_prompt: MaskPrompt | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same outputs as :meth:`MaskDecoder.predict_masks`: low-res logits BxMx(4H)x(4W) and
     IoU predictions BxM of the mask tokens ``mask_slice`` selects
     (:meth:`MaskDecoder.output_slice`).
 
-    The dense prompt is the no-mask embedding baked into the cache, unless ``image_tokens``
-    (BxNxC, :func:`mask_prompt_tokens`) carries each prompt's mask embedding. Prompts run in
+    The dense prompt is the no-mask embedding baked into the cache, unless ``mask_prompt``
+    (:meth:`MaskPrompt.from_masks`: the cache is updated per prompt, the fast way) or
+    ``image_tokens`` (BxNxC, :func:`mask_prompt_tokens`: any dense prompt, recomputing the
+    first layer's projections) carries each prompt's mask embedding. Prompts run in
     groups of :data:`DECODE_CHUNK` (see there). ``workspace``: reuse its buffers for the
     4096-row intermediates (:mod:`segany.modeling.workspace`); the outputs are fresh tensors
     either way, and equal.
     """
+    if mask_prompt is not None and image_tokens is not None:
+        raise ValueError("give a mask prompt either as mask_prompt or as image_tokens, not both")
+    if mask_prompt is not None and sparse_prompt_embeddings.shape[0] == 1 < mask_prompt.features.shape[0]:
+        # masks only (or one point set for several masks): one decode per mask, as the
+        # official decoder broadcasts its single sparse prompt over the dense batch
+        sparse_prompt_embeddings = sparse_prompt_embeddings.expand(mask_prompt.features.shape[0], -1, -1)
     b = sparse_prompt_embeddings.shape[0]
     low_res, iou = [], []
     for s in range(0, max(b, 1), DECODE_CHUNK):  # (an empty batch still gives empty outputs)
         tokens = None if image_tokens is None else image_tokens[s : s + DECODE_CHUNK]
+        rows = cache if mask_prompt is None else cache.with_mask_prompt(decoder, mask_prompt[s : s + DECODE_CHUNK], workspace)
         hs, keys, factors = _transformer_with_factors(
-            decoder, cache, sparse_prompt_embeddings[s : s + DECODE_CHUNK], tokens, workspace
+            decoder, rows, sparse_prompt_embeddings[s : s + DECODE_CHUNK], tokens, workspace
         )
         # With the cached image tokens the first upscaling matmul distributes over the
         # layers' low-rank updates; per-prompt image tokens would make it no cheaper.
-        up1 = _fused_up1(decoder.transformer, cache, factors, workspace) if tokens is None else None  # type: ignore[arg-type]
-        low_res.append(_mask_logits_channels_last(decoder, cache, hs, keys, mask_slice, up1, workspace))
+        up1 = _fused_up1(decoder.transformer, rows, factors, workspace) if tokens is None else None  # type: ignore[arg-type]
+        low_res.append(_mask_logits_channels_last(decoder, rows, hs, keys, mask_slice, up1, workspace))
         iou.append(decoder.predict_iou(hs, mask_slice))
     if len(low_res) == 1:
         return low_res[0], iou[0]

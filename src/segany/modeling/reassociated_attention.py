@@ -62,10 +62,11 @@ def block_diagonal_heads(k: torch.Tensor) -> torch.Tensor:
     blocks included. The zeros add exact zeros, so the logits are the same sums.
     """
     b, h, t, c = k.shape
-    out = k.new_zeros(b, h, t, h, c)
-    idx = torch.arange(h, device=k.device)
-    out[:, idx, :, idx, :] = k.transpose(0, 1)
-    return out.reshape(b, h * t, h * c)
+    # a 0/1 head mask rather than an indexed assignment: the same values (x*1 and exact zeros)
+    # in one broadcast multiply, which also traces into ONNX (index_put with two index
+    # tensors does not export)
+    eye = torch.eye(h, dtype=k.dtype, device=k.device).reshape(1, h, 1, h, 1)
+    return (k.unsqueeze(3) * eye).reshape(b, h * t, h * c)
 
 
 def image_to_token(
@@ -97,7 +98,7 @@ def image_to_token_factors(
     the small ``vw`` instead of the 4096-row output.
 
     Queries are either the image tokens ``x_q`` (BxNxC, = keys + pe) or already projected
-    ``q_heads_t`` (1 x (heads*c) x N, transposed: the first layer's, cached per image).
+    ``q_heads_t`` (1 or B x (heads*c) x N, transposed: the first layer's, cached per image).
 
     The logits are computed transposed, (heads*T) x N: the softmax over the T prompt
     tokens then reduces across rows of a contiguous N axis (vectorised), and the final
@@ -108,10 +109,12 @@ def image_to_token_factors(
     v = attn.separate_heads(attn.v_proj(t_v))
     b, _, t, c = k.shape
     scale = 1.0 / math.sqrt(c)
-    if q_heads_t is not None:
+    if q_heads_t is not None and q_heads_t.shape[0] == 1:
         # one (B*hT) x (hc) by (hc) x N product: the cache is shared by the whole batch
         kbd = block_diagonal_heads(k * scale).reshape(b * h * t, h * c)
         logits = (kbd @ q_heads_t[0]).reshape(b, h * t, -1)  # B (hT) N
+    elif q_heads_t is not None:  # per-prompt projections (mask prompts: DecoderImageCache.with_mask_prompt)
+        logits = torch.bmm(block_diagonal_heads(k * scale), q_heads_t)  # B (hT) N
     else:
         if x_q is None:
             raise ValueError("image_to_token needs the image tokens x_q or their projections q_heads_t")

@@ -1,5 +1,8 @@
-"""The model side the page needs: what model runs (``/api/model``) and its decoder as ONNX
-(``/api/decoder.onnx``), which the page runs itself on each embedding."""
+"""The model side the page needs: what model runs (``/api/model``) and its decoder as ONNX,
+which the page runs itself on each embedding: ``/api/decoder.onnx`` (the official contract,
+used for clicks that feed the previous mask back) and the per-click pair
+``/api/decoder_cache.onnx`` (once per image) + ``/api/decoder_click.onnx`` (every click
+without a mask prompt; :mod:`segany.export.onnx_click`)."""
 
 from __future__ import annotations
 
@@ -27,15 +30,37 @@ def model_info(ctx: Context, annotator: Annotator) -> dict:
     }
 
 
-@router.get("/api/decoder.onnx")
-def decoder(ctx: Context, _: Annotator) -> Response:
-    """The decoder exported once per encoder fingerprint and option, then served from the cache."""
-    from ...export.onnx import export_decoder
-
+def _exported(ctx: Context, name: str, export) -> Response:
+    """``export(model, path, quantize=...)``'s file, written once per encoder fingerprint and
+    option into the cache folder, then served from there."""
     config = ctx.config
     suffix = "-uint8" if config.quantized_decoder else ""
-    path = config.cache_dir / f"decoder-{ctx.embeddings.fingerprint}{suffix}.onnx"
+    path = config.cache_dir / f"{name}-{ctx.embeddings.fingerprint}{suffix}.onnx"
     with ctx.decoder_lock:
         if not path.is_file():
-            export_decoder(decoder_export_copy(ctx.model), path, quantize=config.quantized_decoder)
+            export(decoder_export_copy(ctx.model), path, quantize=config.quantized_decoder)
     return FileResponse(path, media_type="application/octet-stream")
+
+
+@router.get("/api/decoder.onnx")
+def decoder(ctx: Context, _: Annotator) -> Response:
+    """The official-contract decoder (image embedding, prompts, optional mask prompt)."""
+    from ...export.onnx import export_decoder
+
+    return _exported(ctx, "decoder", export_decoder)
+
+
+@router.get("/api/decoder_cache.onnx")
+def decoder_cache(ctx: Context, _: Annotator) -> Response:
+    """Image embedding -> the decoder's per-image cache tensors."""
+    from ...export.onnx_click import export_decoder_cache
+
+    return _exported(ctx, "decoder_cache", export_decoder_cache)
+
+
+@router.get("/api/decoder_click.onnx")
+def decoder_click(ctx: Context, _: Annotator) -> Response:
+    """Cache tensors + prompts -> masks: a click's prompt-dependent work only."""
+    from ...export.onnx_click import export_click_decoder
+
+    return _exported(ctx, "decoder_click", export_click_decoder)

@@ -22,11 +22,19 @@
     [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212], [0, 128, 128], [220, 190, 255],
     [170, 110, 40], [128, 0, 0], [170, 255, 195], [128, 128, 0], [0, 0, 128]];
 
+  // Decoder graphs: "session" is the official contract (embedding + prompts + optional mask
+  // prompt); "cacheSession" turns each embedding into the decoder's per-image cache once and
+  // "clickSession" decodes every click from that cache (the same numbers, less work per
+  // click; a fed-back mask is a rank-16 update of the cache). ?fast=0 uses the official
+  // graph only (A/B measurements); ?feedback=0 never feeds the previous mask back (as the
+  // official demo does), which costs accuracy (docs/engine.md).
+  const FAST = params.get("fast") !== "0";
+  const FEEDBACK = params.get("feedback") !== "0";
   const S = {
-    model: null, session: null, images: [], index: 0,
-    H: 0, W: 0, inH: 0, inW: 0, embedding: null, bitmap: null,
+    model: null, session: null, cacheSession: null, clickSession: null, images: [], index: 0,
+    H: 0, W: 0, inH: 0, inW: 0, embedding: null, cache: null, bitmap: null,
     accepted: [], selected: null, mode: "point", brush: 8,
-    cur: null, undo: [], redo: [], latencies: [], clickLatencies: [], decodes: 0,
+    cur: null, undo: [], redo: [], latencies: [], clickLatencies: [], decodes: 0, fastDecodes: 0,
   };
   window.segany = S; // for tests and benchmarks
 
@@ -89,20 +97,25 @@
     else { coords.push(0, 0); labels.push(-1); } // padding point, as the model was trained
     const n = labels.length;
     const hasMask = c.maskInput !== null;
-    const feeds = {
-      image_embeddings: S.embedding,
+    const prompts = {
       point_coords: new ort.Tensor("float32", Float32Array.from(coords), [1, n, 2]),
       point_labels: new ort.Tensor("float32", Float32Array.from(labels), [1, n]),
-      mask_input: new ort.Tensor("float32", hasMask ? c.maskInput : new Float32Array(256 * 256), [1, 1, 256, 256]),
-      has_mask_input: new ort.Tensor("float32", Float32Array.from([hasMask ? 1 : 0]), [1]),
       orig_im_size: new ort.Tensor("float32", Float32Array.from([S.H, S.W]), [2]),
     };
+    Object.assign(prompts, {
+      mask_input: new ort.Tensor("float32", hasMask ? c.maskInput : new Float32Array(256 * 256), [1, 1, 256, 256]),
+      has_mask_input: new ort.Tensor("float32", Float32Array.from([hasMask ? 1 : 0]), [1]),
+    });
+    const fast = S.cache !== null;
+    const feeds = Object.assign(fast ? { ...S.cache } : { image_embeddings: S.embedding }, prompts);
     setState("decoding");
     const t0 = performance.now();
-    const out = await S.session.run(feeds);
+    const out = await (fast ? S.clickSession : S.session).run(feeds);
     const dt = performance.now() - t0;
     S.latencies.push(dt);
     S.decodes += 1;
+    if (fast) S.fastDecodes += 1;
+    S.latestFast = fast;
     c.logits = out.masks.data; c.iou = out.iou_predictions.data; c.lowRes = out.low_res_masks.data;
     c.nMasks = out.iou_predictions.dims[1];
     if (!singleClick()) c.choice = 0; // several prompts: the single-output mask
@@ -126,7 +139,8 @@
   function showLatency(dt) {
     const sorted = S.latencies.slice().sort((a, b) => a - b);
     const med = sorted[Math.floor(sorted.length / 2)];
-    $("latency").textContent = `decoder ${dt.toFixed(1)} ms (median ${med.toFixed(1)} ms over ${sorted.length})`;
+    const path = S.decodes && S.latestFast ? "cached" : "full";
+    $("latency").textContent = `decoder ${dt.toFixed(1)} ms, ${path} graph (median ${med.toFixed(1)} ms over ${sorted.length})`;
   }
 
   // The mask the annotator sees: decoder output, plus brush, minus eraser (Uint8Array H*W).
@@ -249,7 +263,7 @@
     const p = toImage(e);
     pushUndo();
     const c = S.cur;
-    if (c.lowRes) c.maskInput = lowResOf(c.choice); // previous logits refine the next prediction
+    if (c.lowRes && FEEDBACK) c.maskInput = lowResOf(c.choice); // previous logits refine the next prediction
     if (d.moved) c.box = boxFrom(d.start, p);
     else c.points.push({ x: d.start.x, y: d.start.y, label: d.button === 2 ? 0 : 1 });
     c.clicks += 1;
@@ -352,6 +366,12 @@
     const [ih, iw] = embResp.headers.get("X-Input-Size").split(",").map(Number);
     const shape = embResp.headers.get("X-Embedding-Shape").split(",").map(Number);
     S.embedding = new ort.Tensor("float32", new Float32Array(await embResp.arrayBuffer()), shape);
+    S.cache = null;
+    if (S.cacheSession) { // the per-image half of the decoder, once (outputs by name = the click graph's inputs)
+      const t0 = performance.now();
+      S.cache = await S.cacheSession.run({ image_embeddings: S.embedding });
+      S.cacheMs = performance.now() - t0;
+    }
     S.H = h; S.W = w; S.inH = ih; S.inW = iw;
     for (const id of ["image-layer", "mask-layer", "prompt-layer"]) {
       const cv = $(id); cv.width = w; cv.height = h;
@@ -441,7 +461,14 @@
     S.model = await (await api("/api/model")).json();
     if (!S.model.is_trained) $("status").title = "the server runs an untrained model: masks are meaningless";
     const onnx = await (await api("/api/decoder.onnx")).arrayBuffer();
-    S.session = await ort.InferenceSession.create(onnx, { executionProviders: ["wasm"], graphOptimizationLevel: "all" });
+    const options = { executionProviders: ["wasm"], graphOptimizationLevel: "all" };
+    S.session = await ort.InferenceSession.create(onnx, options);
+    if (FAST) {
+      const [cacheOnnx, clickOnnx] = await Promise.all(
+        ["/api/decoder_cache.onnx", "/api/decoder_click.onnx"].map(async (u) => (await api(u)).arrayBuffer()));
+      S.cacheSession = await ort.InferenceSession.create(cacheOnnx, options);
+      S.clickSession = await ort.InferenceSession.create(clickOnnx, options);
+    }
     S.images = await (await api("/api/images")).json();
     S.cur = emptyCurrent();
     await showImage(0);
