@@ -1,7 +1,8 @@
 """segany vs the official segment-anything SamPredictor, same weights, same image, one run.
 
 Prints set_image seconds (full ViT-B) and predict milliseconds (one point multimask; one
-box single-mask) as medians, and the ratios. Also checks the outputs agree.
+box single-mask; 2 points with the previous mask fed back) as medians, and the ratios. Also
+checks the outputs agree.
 
     python benchmarks/bench_predictor.py                 # real photo from ../shared/data
     python benchmarks/bench_predictor.py --size 1200x1800 --repeats 50
@@ -95,9 +96,16 @@ def main() -> None:
     rows.append(("set_image (s)", walls, cpus, 1.0))
     emb_diff = float((ref.features - ours.features).abs().max())
 
+    # a refinement click as the paper's interactive protocol makes it: the previous mask's
+    # low-res logits fed back with a second point
+    _, scores, previous = ref.predict(point_coords=np.array([[w * 0.5, h * 0.5]]), point_labels=np.array([1]))
     cases = {
         "predict 1 point, multimask (ms)": dict(point_coords=np.array([[w * 0.5, h * 0.5]]), point_labels=np.array([1])),
         "predict box, single mask (ms)": dict(box=np.array([w * 0.2, h * 0.2, w * 0.8, h * 0.9]), multimask_output=False),
+        "predict 2 points + mask_input (ms)": dict(
+            point_coords=np.array([[w * 0.5, h * 0.5], [w * 0.3, h * 0.3]]), point_labels=np.array([1, 0]),
+            mask_input=previous[int(np.argmax(scores))][None], multimask_output=False,
+        ),
     }
     max_diff = {}
     for label, kw in cases.items():

@@ -8,7 +8,8 @@
 #
 # Measure (reports under runs/piece_eval/): GrabCut clicks (`segany eval points`, 50 objects,
 # ~2.5 min) then coco_tiny + GrabCut box/point/clicks (`segany eval prompts --baselines none`,
-# ~10 min) on lane 1; the held-out train validation (the 154 masks of val.jsonl) on lane 2.
+# ~10 min) on lane 1; the held-out train validation (all 65 held-out images, 254 masks, as val.jsonl
+# since piece 6) on lane 2.
 # --ship then copies the file to src/segany/weights/segany_default.safetensors, re-calibrates
 # the automatic thresholds on held-out train images (lane 2, ~7 min: the thresholds JSON records
 # the weights' SHA-256 and a test fails when it is stale), retakes the README overlay

@@ -680,13 +680,13 @@ def test_export_onnx_says_what_it_does_with_device_and_dtype(capsys, tmp_path, c
 
 
 def test_onnx_export_leaves_the_callers_model_alone(tmp_path):
-    from segany.export.onnx import _cpu_float32
+    from segany.export.onnx import cpu_float32
 
     model = build_model("segany_cnn", cnn_widths=(8, 8, 16, 16, 32), cnn_depths=(1, 1, 1, 1), cnn_global_blocks=1)
-    assert _cpu_float32(model) is model
+    assert cpu_float32(model) is model
     half = model.to(torch.bfloat16)
     with pytest.warns(UserWarning, match="float32 CPU copy"):
-        copy = _cpu_float32(half)
+        copy = cpu_float32(half)
     assert copy is not half and next(copy.parameters()).dtype == torch.float32
     assert next(half.parameters()).dtype == torch.bfloat16
 

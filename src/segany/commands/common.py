@@ -12,11 +12,12 @@ from ..modeling import Sam
 DTYPES = ("float32", "float16", "bfloat16")
 
 
-def add_model_args(parser: argparse.ArgumentParser, with_dtype: bool = True) -> None:
-    """--model-type/--checkpoint/--device/--dtype, as every model-using command takes them.
+def add_model_args(parser: argparse.ArgumentParser, with_dtype: bool = True, with_compile: bool = True) -> None:
+    """--model-type/--checkpoint/--device/--dtype/--compile, as every model-using command takes them.
 
     ``with_dtype=False`` is for a command that already has a ``--dtype`` of its own meaning
     (``export safetensors``: the storage type); :func:`load_model_from_args` applies it too.
+    ``with_compile=False`` for commands that never run the model (the exports).
     """
     parser.add_argument(
         "--model-type",
@@ -37,6 +38,13 @@ def add_model_args(parser: argparse.ArgumentParser, with_dtype: bool = True) -> 
             default="float32",
             help="parameter type the model runs in (default float32; bfloat16/float16 halve the memory, "
             "and are meant for GPUs)",
+        )
+    if with_compile:
+        parser.add_argument(
+            "--compile",
+            action="store_true",
+            help="torch.compile the image encoder (meant for GPUs: the first image pays tens of seconds of "
+            "compilation; results differ from eager mode by float rounding)",
         )
 
 
@@ -96,4 +104,9 @@ def load_model_from_args(args: argparse.Namespace) -> Sam:
             )
     else:
         model = build_model(args.model_type or "auto", args.checkpoint)
-    return model.to(device=device, dtype=dtype).eval()
+    model = model.to(device=device, dtype=dtype).eval()
+    if getattr(args, "compile", False):
+        from ..modeling.compile import compile_image_encoder
+
+        compile_image_encoder(model)
+    return model

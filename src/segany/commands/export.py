@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "has_mask_input/orig_im_size -> masks/iou_predictions/low_res_masks), the format CVAT, Label Studio, "
         "X-AnyLabeling and segany's annotation page consume.",
     )
-    add_model_args(onnx)
+    add_model_args(onnx, with_compile=False)
     onnx.add_argument("--out", required=True, help="decoder .onnx path")
     onnx.add_argument("--return-single-mask", action="store_true", help="output only the best mask")
     onnx.add_argument("--quantize", action="store_true",
@@ -50,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Writes a file `--checkpoint` and `--model-type auto` read without further options. "
         "--dtype float16 halves the size (how segany ships its default model); loading casts back to float32.",
     )
-    add_model_args(st, with_dtype=False)
+    add_model_args(st, with_dtype=False, with_compile=False)
     st.add_argument("--out", required=True, help="output .safetensors path (written atomically)")
     st.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
                     help="type the floating-point tensors are stored in (default float32)")

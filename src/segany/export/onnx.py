@@ -241,7 +241,7 @@ def _static_layernorms(module: nn.Module) -> nn.Module:
     return clone
 
 
-def _cpu_float32(model: Sam) -> Sam:
+def cpu_float32(model: Sam) -> Sam:
     """``model`` itself when it is on the CPU in float32, else a CPU float32 copy (with a
     warning): ONNX export traces there, and must not move the caller's model off its device
     or change its dtype behind its back (``model.cpu()`` works in place)."""
@@ -279,7 +279,7 @@ def _torch_export(module: nn.Module, args: tuple, path: Path, input_names: list[
         )
 
 
-def _write_onnx(module: nn.Module, args: tuple, path: str | os.PathLike, input_names: list[str],
+def write_onnx(module: nn.Module, args: tuple, path: str | os.PathLike, input_names: list[str],
                 output_names: list[str], dynamic_axes: dict, opset: int, quantize: bool) -> Path:
     """Trace ``module`` into the ONNX file ``path`` (uint8-quantised when ``quantize``); returns its path.
 
@@ -328,7 +328,7 @@ def export_decoder(
     in another dtype: the caller's model is left where it is).
     """
     wrapper = SamOnnxDecoder(
-        _cpu_float32(model),
+        cpu_float32(model),
         return_single_mask=return_single_mask,
         use_stability_score=use_stability_score,
         return_extra_metrics=return_extra_metrics,
@@ -337,7 +337,7 @@ def export_decoder(
     inputs = decoder_example_inputs(embed_dim=model.prompt_encoder.embed_dim, grid=grid)
     outputs = DECODER_OUTPUTS + (EXTRA_OUTPUTS if return_extra_metrics else [])
     dynamic = {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}, "masks": {2: "height", 3: "width"}}
-    return _write_onnx(wrapper, tuple(inputs.values()), path, DECODER_INPUTS, outputs, dynamic, opset, quantize)
+    return write_onnx(wrapper, tuple(inputs.values()), path, DECODER_INPUTS, outputs, dynamic, opset, quantize)
 
 
 def export_encoder(
@@ -351,7 +351,7 @@ def export_encoder(
     """Write the image-encoder ONNX file (temp file, then rename); returns its path.
 
     Traced on the CPU in float32, like :func:`export_decoder`."""
-    wrapper = SamOnnxEncoder(_cpu_float32(model), with_preprocess=with_preprocess).eval()
+    wrapper = SamOnnxEncoder(cpu_float32(model), with_preprocess=with_preprocess).eval()
     size = int(model.img_size)
     if with_preprocess:
         example = torch.randint(0, 256, (size * 3 // 4, size, 3), dtype=torch.uint8)
@@ -359,7 +359,7 @@ def export_encoder(
     else:
         example = torch.randn(1, 3, size, size)
         names, dynamic = ["image"], {}
-    return _write_onnx(wrapper, (example,), path, names, ["image_embeddings"], dynamic, opset, quantize)
+    return write_onnx(wrapper, (example,), path, names, ["image_embeddings"], dynamic, opset, quantize)
 
 
 def _quantize_in_place(path: Path) -> None:

@@ -37,7 +37,7 @@ from torch import nn
 from ..modeling import Sam
 from ..modeling.cached_decoder import decode_cached
 from ..modeling.decoder_cache import IMAGE_FIELDS, DecoderImageCache, MaskPrompt
-from .onnx import DECODER_OUTPUTS, DEFAULT_OPSET, EXTRA_OUTPUTS, OnnxMaskOutputs, _cpu_float32, _write_onnx
+from .onnx import DECODER_OUTPUTS, DEFAULT_OPSET, EXTRA_OUTPUTS, OnnxMaskOutputs, cpu_float32, write_onnx
 
 CLICK_INPUTS = [*IMAGE_FIELDS, "point_coords", "point_labels", "mask_input", "has_mask_input", "orig_im_size"]
 
@@ -91,10 +91,10 @@ def export_decoder_cache(
 ) -> Path:
     """Write ``decoder_cache.onnx`` (temp file, then rename); returns its path. Traced on the
     CPU in float32, like :func:`~segany.export.onnx.export_decoder`."""
-    wrapper = SamOnnxImageCache(_cpu_float32(model)).eval()
+    wrapper = SamOnnxImageCache(cpu_float32(model)).eval()
     pe = model.prompt_encoder
     example = torch.randn(1, pe.embed_dim, *pe.image_embedding_size)
-    return _write_onnx(wrapper, (example,), path, ["image_embeddings"], list(IMAGE_FIELDS), {}, opset, quantize)
+    return write_onnx(wrapper, (example,), path, ["image_embeddings"], list(IMAGE_FIELDS), {}, opset, quantize)
 
 
 def export_click_decoder(
@@ -109,7 +109,7 @@ def export_click_decoder(
 ) -> Path:
     """Write ``decoder_click.onnx`` (temp file, then rename); returns its path. The options
     are :func:`~segany.export.onnx.export_decoder`'s."""
-    model = _cpu_float32(model)
+    model = cpu_float32(model)
     wrapper = SamOnnxClickDecoder(
         model,
         return_single_mask=return_single_mask,
@@ -129,7 +129,7 @@ def export_click_decoder(
     )
     outputs = DECODER_OUTPUTS + (EXTRA_OUTPUTS if return_extra_metrics else [])
     dynamic = {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}, "masks": {2: "height", 3: "width"}}
-    return _write_onnx(wrapper, (*cache, *prompts), path, CLICK_INPUTS, outputs, dynamic, opset, quantize)
+    return write_onnx(wrapper, (*cache, *prompts), path, CLICK_INPUTS, outputs, dynamic, opset, quantize)
 
 
 def click_feeds(cache: dict, point_coords, point_labels, original_size: tuple[int, int], box=None,

@@ -22,6 +22,8 @@ path is inference-only (no autograd: use :class:`MaskDecoder` to train).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -107,19 +109,54 @@ ImageTokenFactors = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor
 image tokens = LayerNorm(keys + p_t^T @ vw + out bias), mean/rstd that norm's statistics."""
 
 
+def _heads_of(matrix: torch.Tensor, heads: int) -> torch.Tensor:
+    """K x (heads*c) -> heads x K x c."""
+    k, d = matrix.shape
+    return matrix.reshape(k, heads, d // heads).transpose(0, 1)
+
+
+def _token_to_cached_image(
+    attn: nn.Module, q_heads: torch.Tensor, cache: DecoderImageCache, mask_prompt: MaskPrompt
+) -> torch.Tensor:
+    """The first layer's token->image attention over the cache's keys/values moved by a mask
+    prompt (:class:`MaskPrompt`), without materialising the moved keys and values.
+
+    Per head, the keys move by ``f Mk + 1 mk^T``: the second term adds the same logit to
+    every image token, which the softmax cancels, so the logits only gain
+    ``(q Mk^T) f^T``; the values move by ``f Mv + 1 mv^T``, so the output gains
+    ``(P f) Mv + mv`` (softmax rows sum to one). All N x K products, K = 16."""
+    h = attn.num_heads
+    b, _, _, c = q_heads.shape
+    scale = 1.0 / math.sqrt(c)
+    f = mask_prompt.features.expand(b, -1, -1)[:, None]  # B 1 N K
+    mk = _heads_of(mask_prompt.weight @ attn.k_proj.weight.t(), h)  # h K c
+    mv = _heads_of(mask_prompt.weight @ attn.v_proj.weight.t(), h)
+    mv_bias = (mask_prompt.offset @ attn.v_proj.weight.t()).reshape(h, 1, c)
+    logits = q_heads @ cache.t2i_k.transpose(-1, -2)  # B h T N
+    logits = logits.add_((q_heads @ mk.transpose(-1, -2)) @ f.transpose(-1, -2)).mul_(scale)
+    p = torch.softmax(logits, dim=-1)
+    out = p @ cache.t2i_v + (p @ f) @ mv + mv_bias
+    return attn.out_proj(attn.recombine_heads(out))
+
+
 def _transformer_with_factors(
     decoder: MaskDecoder,
     cache: DecoderImageCache,
     sparse_prompt_embeddings: torch.Tensor,
     image_tokens: torch.Tensor | None,
     ws: Workspace | None = None,
+    mask_prompt: MaskPrompt | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, list[ImageTokenFactors]]:
     """:func:`cached_transformer` plus each layer's :data:`ImageTokenFactors`. With ``ws`` the
     4096-row tensors are written into its buffers: the returned image tokens and factors
-    are then valid only until the next call with the same workspace."""
+    are then valid only until the next call with the same workspace. ``mask_prompt``: the
+    cached image tokens moved by that rank-16 term (:class:`MaskPrompt`), applied where the
+    first layer reads them; the later layers see prompted tokens anyway."""
     transformer: TwoWayTransformer = decoder.transformer  # type: ignore[assignment]
     if image_tokens is None and cache.image_tokens_only:
         raise ValueError("this cache (DecoderImageCache.for_image_tokens) decodes only with image_tokens")
+    if mask_prompt is not None and image_tokens is not None:
+        raise ValueError("give a mask prompt either as mask_prompt or as image_tokens, not both")
     b = sparse_prompt_embeddings.shape[0]
     tokens = decoder.output_tokens(sparse_prompt_embeddings)
     key_pe = cache.key_pe
@@ -136,22 +173,34 @@ def _transformer_with_factors(
         if first_cached:
             t2i = layer.cross_attn_token_to_image
             q_heads = t2i.separate_heads(t2i.q_proj(q))
-            attn_out = t2i.attend(q_heads, cache.t2i_k.expand(b, -1, -1, -1), cache.t2i_v.expand(b, -1, -1, -1))
+            if mask_prompt is None:
+                attn_out = t2i.attend(q_heads, cache.t2i_k.expand(b, -1, -1, -1), cache.t2i_v.expand(b, -1, -1, -1))
+            else:
+                attn_out = _token_to_cached_image(t2i, q_heads, cache, mask_prompt)
         else:
             attn_out = token_to_image(layer.cross_attn_token_to_image, q, keys_pe, keys)
         queries = layer.norm2(queries + attn_out)
         queries = layer.norm3(queries + layer.mlp(queries))
         q = queries + query_pe
         i2t = layer.cross_attn_image_to_token
+        moved = first_cached and mask_prompt is not None
         if first_cached:
-            p_t, vw = image_to_token_factors(i2t, q, queries, q_heads_t=cache.i2t_q_t)
+            p_t, vw = image_to_token_factors(
+                i2t, q, queries, q_heads_t=cache.i2t_q_t,
+                q_moved=None if mask_prompt is None else (mask_prompt.features, mask_prompt.weight @ i2t.q_proj.weight.t(),
+                                                          mask_prompt.offset @ i2t.q_proj.weight.t()),
+            )
         else:
             p_t, vw = image_to_token_factors(i2t, q, queries, x_q=keys_pe)
+        bias = i2t.out_proj.bias if not moved else i2t.out_proj.bias + mask_prompt.offset  # type: ignore[union-attr]
         if ws is None:
-            x = torch.baddbmm(keys + i2t.out_proj.bias, p_t.transpose(1, 2), vw)
+            x = torch.baddbmm(keys + bias, p_t.transpose(1, 2), vw)
         else:  # the same two steps (copy in the biased tokens, accumulate the product) in place
-            x = torch.add(keys.expand(b, -1, -1), i2t.out_proj.bias, out=ws.get("x", (b, *keys.shape[1:]), keys))
+            x = torch.add(keys.expand(b, -1, -1), bias, out=ws.get("x", (b, *keys.shape[1:]), keys))
             x.baddbmm_(p_t.transpose(1, 2), vw)
+        if moved:  # the mask prompt's own rank-16 term of the first layer's image tokens
+            f = mask_prompt.features.expand(b, -1, -1)  # type: ignore[union-attr]
+            x.baddbmm_(f, mask_prompt.weight.expand(b, -1, -1))  # type: ignore[union-attr]
         # the same kernel as norm4(x), which also returns the statistics the fused upscaling needs
         # (its input was the previous layer's tokens, read for the last time above: the one
         # "keys" buffer serves every layer)
@@ -169,6 +218,7 @@ def _fused_up1(
     cache: DecoderImageCache,
     factors: list[ImageTokenFactors],
     ws: Workspace | None = None,
+    mask_prompt: MaskPrompt | None = None,
 ) -> torch.Tensor:
     """The first upscaling matmul ``keys_final @ up1_w + up1_b`` (B x N x 4*C1) without the
     4096x256x256 product on the per-prompt image tokens.
@@ -184,6 +234,10 @@ def _fused_up1(
     Everything after the first term is one product of an N x (layers*(heads*T+3)) matrix
     (the scaled attention rows and the per-token scalars) with a matching small right
     factor: one 4096x~120x256 matmul instead of 4096x256x256, equal up to float rounding.
+
+    A ``mask_prompt`` moves the cached image tokens by ``f W^T + offset``: their first-layer
+    product gains ``R_0 f (W^T S_0)`` (16 more rows of the left factor) and
+    ``R_0 (offset S_0)``, which joins the first layer's bias row.
     """
     chain = [*cache.up1_chain, cache.up1_w]
     scales = [torch.ones_like(factors[0][3])]  # R_L, ..., R_0, each B x N x 1
@@ -196,10 +250,14 @@ def _fused_up1(
         r_t = scales[i].transpose(1, 2)  # B 1 N
         left += [p_t * r_t, r_t, -(mean.transpose(1, 2) * r_t), scales[i + 1].transpose(1, 2)]
         b = vw.shape[0]
-        consts = torch.stack(
-            [layer.cross_attn_image_to_token.out_proj.bias @ s_l, s_l.sum(0), layer.norm4.bias @ chain[i + 1]]
-        )
+        bias = layer.cross_attn_image_to_token.out_proj.bias
+        if i == 0 and mask_prompt is not None:
+            bias = bias + mask_prompt.offset
+        consts = torch.stack([bias @ s_l, s_l.sum(0), layer.norm4.bias @ chain[i + 1]])
         right += [vw @ s_l, consts.expand(b, -1, -1)]
+        if i == 0 and mask_prompt is not None:  # (a left/right pair like the others)
+            left.append(mask_prompt.features.expand(b, -1, -1).transpose(1, 2) * r_t)
+            right.append((mask_prompt.weight @ s_l).expand(b, -1, -1))
     left_t = torch.cat(left, dim=1)  # B K N
     right_m = torch.cat(right, dim=1)  # B K 4C1
     n, k1 = cache.up1_keys.shape[1:]
@@ -304,6 +362,8 @@ def decode_cached(
     """
     if mask_prompt is not None and image_tokens is not None:
         raise ValueError("give a mask prompt either as mask_prompt or as image_tokens, not both")
+    if mask_prompt is not None and cache.image_tokens_only:
+        raise ValueError("a DecoderImageCache.for_image_tokens cache has no image tokens for a mask prompt to move")
     if mask_prompt is not None and sparse_prompt_embeddings.shape[0] == 1 < mask_prompt.features.shape[0]:
         # masks only (or one point set for several masks): one decode per mask, as the
         # official decoder broadcasts its single sparse prompt over the dense batch
@@ -312,14 +372,14 @@ def decode_cached(
     low_res, iou = [], []
     for s in range(0, max(b, 1), DECODE_CHUNK):  # (an empty batch still gives empty outputs)
         tokens = None if image_tokens is None else image_tokens[s : s + DECODE_CHUNK]
-        rows = cache if mask_prompt is None else cache.with_mask_prompt(decoder, mask_prompt[s : s + DECODE_CHUNK], workspace)
+        mask = None if mask_prompt is None else mask_prompt[s : s + DECODE_CHUNK]
         hs, keys, factors = _transformer_with_factors(
-            decoder, rows, sparse_prompt_embeddings[s : s + DECODE_CHUNK], tokens, workspace
+            decoder, cache, sparse_prompt_embeddings[s : s + DECODE_CHUNK], tokens, workspace, mask
         )
         # With the cached image tokens the first upscaling matmul distributes over the
         # layers' low-rank updates; per-prompt image tokens would make it no cheaper.
-        up1 = _fused_up1(decoder.transformer, rows, factors, workspace) if tokens is None else None  # type: ignore[arg-type]
-        low_res.append(_mask_logits_channels_last(decoder, rows, hs, keys, mask_slice, up1, workspace))
+        up1 = None if tokens is not None else _fused_up1(decoder.transformer, cache, factors, workspace, mask)  # type: ignore[arg-type]
+        low_res.append(_mask_logits_channels_last(decoder, cache, hs, keys, mask_slice, up1, workspace))
         iou.append(decoder.predict_iou(hs, mask_slice))
     if len(low_res) == 1:
         return low_res[0], iou[0]

@@ -18,7 +18,6 @@ from torch import nn
 
 from .mask_decoder import MaskDecoder
 from .transformer import TwoWayTransformer
-from .workspace import Workspace
 
 
 @dataclass(frozen=True, eq=False)
@@ -32,8 +31,9 @@ class MaskPrompt:
     ``dense = f W^T + b`` with ``f`` the B x N x K features before that conv. The image
     tokens with the mask prompt are ``keys + f W^T + (b - no_mask)`` (the cache's ``keys``
     hold the no-mask embedding), and each cached projection ``keys @ M`` moves by
-    ``f (W^T M) + (b - no_mask) M``: an N x K x D product instead of N x C x D.
-    :meth:`DecoderImageCache.with_mask_prompt` applies it; equal to recomputing from the
+    ``f (W^T M) + (b - no_mask) M``: an N x K x D product instead of N x C x D. The cached
+    decoder (:mod:`segany.modeling.cached_decoder`) applies these terms where the first layer
+    reads the cache, without materialising moved copies; equal to recomputing from the
     prompted tokens up to float rounding.
     """
 
@@ -63,16 +63,6 @@ class MaskPrompt:
     def __getitem__(self, rows: slice) -> MaskPrompt:
         """The prompts ``rows`` (a batch of one prompt applies to every row, and stays)."""
         return self if self.features.shape[0] == 1 else replace(self, features=self.features[rows])
-
-    def through(self, matrix: torch.Tensor, out: torch.Tensor | None = None, transposed: bool = False) -> torch.Tensor:
-        """The change of ``keys @ matrix`` (``matrix`` C x D): B x N x D, or B x D x N with
-        ``transposed`` (computed in that layout, not transposed after); into ``out`` when given."""
-        b, _, k = self.features.shape
-        right = self.weight @ matrix  # K x D
-        bias = self.offset @ matrix  # D
-        if transposed:
-            return torch.baddbmm(bias.reshape(1, -1, 1), right.t().expand(b, -1, -1), self.features.transpose(1, 2), out=out)
-        return torch.baddbmm(bias.reshape(1, 1, -1), self.features, right.expand(b, k, -1), out=out)
 
 
 IMAGE_FIELDS = ("keys", "t2i_k", "t2i_v", "i2t_q_t", "up1_keys")
@@ -195,44 +185,6 @@ class DecoderImageCache:
             up1_chain=_up1_chain(transformer, up["up1_w"]),
             grid=(gh, gw),
             **up,
-        )
-
-    def with_mask_prompt(
-        self, decoder: MaskDecoder, prompt: MaskPrompt, workspace: Workspace | None = None
-    ) -> DecoderImageCache:
-        """This cache for B prompts that each carry a mask prompt (see :class:`MaskPrompt`):
-        the image fields get a batch of B, the weight-only fields are shared.
-
-        ``workspace``: the new image fields (16 MB per prompt) are written into its buffers
-        rather than fresh memory -- fresh 2-4 MB tensors cost more in page faults than the
-        rank-16 products themselves (measured 12.5 ms against 3.8 ms for the five updates,
-        default model, one thread). The returned cache is then valid until the next call
-        with that workspace."""
-        if self.image_tokens_only:
-            raise ValueError("a DecoderImageCache.for_image_tokens cache has no image fields to update")
-        layer = decoder.transformer.layers[0]  # type: ignore[union-attr]
-        t2i, i2t = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
-        b, n, _ = prompt.features.shape
-
-        def buf(name: str, like: torch.Tensor, *shape: int) -> torch.Tensor | None:
-            return None if workspace is None else workspace.get("mask_prompt." + name, (b, *shape), like)
-
-        keys = torch.add(self.keys.expand(b, -1, -1), prompt.offset, out=buf("keys", self.keys, *self.keys.shape[1:]))
-        keys.baddbmm_(prompt.features, prompt.weight.expand(b, -1, -1))
-        heads: dict[str, torch.Tensor] = {}
-        for name, proj, cached in (("t2i_k", t2i.k_proj, self.t2i_k), ("t2i_v", t2i.v_proj, self.t2i_v)):
-            delta = prompt.through(proj.weight.t(), out=buf("delta", cached, n, proj.weight.shape[0]))
-            heads[name] = torch.add(cached, t2i.separate_heads(delta), out=buf(name, cached, *cached.shape[1:]))
-        q_delta = prompt.through(i2t.q_proj.weight.t(), out=buf("i2t_q_t", self.i2t_q_t, *self.i2t_q_t.shape[1:]),
-                                 transposed=True)
-        up1_delta = prompt.through(self.up1_chain[0], out=buf("up1_keys", self.up1_keys, *self.up1_keys.shape[1:]))
-        return replace(
-            self,
-            keys=keys,
-            t2i_k=heads["t2i_k"],
-            t2i_v=heads["t2i_v"],
-            i2t_q_t=q_delta.add_(self.i2t_q_t),
-            up1_keys=up1_delta.add_(self.up1_keys),
         )
 
     @classmethod

@@ -89,6 +89,7 @@ def image_to_token_factors(
     t_v: torch.Tensor,
     x_q: torch.Tensor | None = None,
     q_heads_t: torch.Tensor | None = None,
+    q_moved: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The image->token attention output as a low-rank product: (``p_t`` B x (heads*T) x N,
     ``vw`` B x (heads*T) x D) with output = ``p_t^T @ vw + out_proj.bias``.
@@ -98,7 +99,9 @@ def image_to_token_factors(
     the small ``vw`` instead of the 4096-row output.
 
     Queries are either the image tokens ``x_q`` (BxNxC, = keys + pe) or already projected
-    ``q_heads_t`` (1 or B x (heads*c) x N, transposed: the first layer's, cached per image).
+    ``q_heads_t`` (1 x (heads*c) x N, transposed: the first layer's, cached per image).
+    ``q_moved`` = (f B x N x K, m K x (heads*c), m0 (heads*c)): those cached projections
+    moved by ``f m + 1 m0^T`` (a mask prompt, :class:`~segany.modeling.decoder_cache.MaskPrompt`).
 
     The logits are computed transposed, (heads*T) x N: the softmax over the T prompt
     tokens then reduces across rows of a contiguous N axis (vectorised), and the final
@@ -109,12 +112,14 @@ def image_to_token_factors(
     v = attn.separate_heads(attn.v_proj(t_v))
     b, _, t, c = k.shape
     scale = 1.0 / math.sqrt(c)
-    if q_heads_t is not None and q_heads_t.shape[0] == 1:
+    if q_heads_t is not None:
         # one (B*hT) x (hc) by (hc) x N product: the cache is shared by the whole batch
         kbd = block_diagonal_heads(k * scale).reshape(b * h * t, h * c)
         logits = (kbd @ q_heads_t[0]).reshape(b, h * t, -1)  # B (hT) N
-    elif q_heads_t is not None:  # per-prompt projections (mask prompts: DecoderImageCache.with_mask_prompt)
-        logits = torch.bmm(block_diagonal_heads(k * scale), q_heads_t)  # B (hT) N
+        if q_moved is not None:  # queries moved by f m + 1 m0^T: (kbd m) f^T + kbd m0, N x 16 products
+            f, m, m0 = q_moved
+            kbd = kbd.reshape(b, h * t, h * c)
+            logits = torch.baddbmm(logits + (kbd @ m0)[..., None], kbd @ m.t(), f.expand(b, -1, -1).transpose(1, 2))
     else:
         if x_q is None:
             raise ValueError("image_to_token needs the image tokens x_q or their projections q_heads_t")
