@@ -70,16 +70,16 @@ def run_onnx(args: argparse.Namespace) -> int:
         outputs += [("--click-out", Path(args.click_out)), ("--cache-out", Path(args.cache_out))]
     check_outputs(outputs, inputs=[Path(args.checkpoint)] if args.checkpoint else [])
     model = load_model_from_args(args)
-    t0 = time.perf_counter()
-    out = export_decoder(
-        model,
-        args.out,
+    # the output options apply alike to the official-contract and the per-click decoder
+    options = dict(
         return_single_mask=args.return_single_mask,
         use_stability_score=args.use_stability_score,
         return_extra_metrics=args.return_extra_metrics,
         quantize=args.quantize,
         opset=args.opset,
     )
+    t0 = time.perf_counter()
+    out = export_decoder(model, args.out, **options)
     print(f"decoder: {out} ({out.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - t0:.1f} s)")
     if args.encoder_out:
         t0 = time.perf_counter()
@@ -91,15 +91,7 @@ def run_onnx(args: argparse.Namespace) -> int:
         from ..export.onnx_click import export_click_decoder, export_decoder_cache
 
         t0 = time.perf_counter()
-        click = export_click_decoder(
-            model,
-            args.click_out,
-            return_single_mask=args.return_single_mask,
-            use_stability_score=args.use_stability_score,
-            return_extra_metrics=args.return_extra_metrics,
-            quantize=args.quantize,
-            opset=args.opset,
-        )
+        click = export_click_decoder(model, args.click_out, **options)
         cache = export_decoder_cache(model, args.cache_out, quantize=args.quantize, opset=args.opset)
         print(f"per-click decoder: {click} + cache graph {cache} "
               f"({(click.stat().st_size + cache.stat().st_size) / 1e6:.1f} MB, {time.perf_counter() - t0:.1f} s)")

@@ -307,6 +307,14 @@ def decoder_example_inputs(n_points: int = 3, embed_dim: int = 256, grid: int = 
     }
 
 
+def decoder_outputs_and_axes(return_extra_metrics: bool) -> tuple[list[str], dict]:
+    """The output names and dynamic axes every decoder graph shares (any number of points,
+    masks of the original image's size)."""
+    outputs = DECODER_OUTPUTS + (EXTRA_OUTPUTS if return_extra_metrics else [])
+    dynamic = {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}, "masks": {2: "height", 3: "width"}}
+    return outputs, dynamic
+
+
 def export_decoder(
     model: Sam,
     path: str | os.PathLike,
@@ -335,8 +343,7 @@ def export_decoder(
     ).eval()
     grid = model.prompt_encoder.image_embedding_size[0]
     inputs = decoder_example_inputs(embed_dim=model.prompt_encoder.embed_dim, grid=grid)
-    outputs = DECODER_OUTPUTS + (EXTRA_OUTPUTS if return_extra_metrics else [])
-    dynamic = {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}, "masks": {2: "height", 3: "width"}}
+    outputs, dynamic = decoder_outputs_and_axes(return_extra_metrics)
     return write_onnx(wrapper, tuple(inputs.values()), path, DECODER_INPUTS, outputs, dynamic, opset, quantize)
 
 

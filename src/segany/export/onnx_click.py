@@ -37,7 +37,14 @@ from torch import nn
 from ..modeling import Sam
 from ..modeling.cached_decoder import decode_cached
 from ..modeling.decoder_cache import IMAGE_FIELDS, DecoderImageCache, MaskPrompt
-from .onnx import DECODER_OUTPUTS, DEFAULT_OPSET, EXTRA_OUTPUTS, OnnxMaskOutputs, cpu_float32, write_onnx
+from .onnx import (
+    DEFAULT_OPSET,
+    OnnxMaskOutputs,
+    cpu_float32,
+    decoder_example_inputs,
+    decoder_outputs_and_axes,
+    write_onnx,
+)
 
 CLICK_INPUTS = [*IMAGE_FIELDS, "point_coords", "point_labels", "mask_input", "has_mask_input", "orig_im_size"]
 
@@ -117,19 +124,11 @@ def export_click_decoder(
         return_extra_metrics=return_extra_metrics,
     ).eval()
     pe = model.prompt_encoder
+    example = decoder_example_inputs(embed_dim=pe.embed_dim, grid=pe.image_embedding_size[0])
     with torch.no_grad():
-        cache = SamOnnxImageCache(model)(torch.randn(1, pe.embed_dim, *pe.image_embedding_size))
-    side = 4 * pe.image_embedding_size[0]
-    prompts = (
-        torch.randint(0, model.img_size, (1, 3, 2), dtype=torch.float32),
-        torch.tensor([[1.0, 0.0, -1.0]]),
-        torch.randn(1, 1, side, side),
-        torch.tensor([1.0]),
-        torch.tensor([321.0, 481.0]),
-    )
-    outputs = DECODER_OUTPUTS + (EXTRA_OUTPUTS if return_extra_metrics else [])
-    dynamic = {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}, "masks": {2: "height", 3: "width"}}
-    return write_onnx(wrapper, (*cache, *prompts), path, CLICK_INPUTS, outputs, dynamic, opset, quantize)
+        cache = SamOnnxImageCache(model)(example.pop("image_embeddings"))
+    outputs, dynamic = decoder_outputs_and_axes(return_extra_metrics)
+    return write_onnx(wrapper, (*cache, *example.values()), path, CLICK_INPUTS, outputs, dynamic, opset, quantize)
 
 
 def click_feeds(cache: dict, point_coords, point_labels, original_size: tuple[int, int], box=None,
