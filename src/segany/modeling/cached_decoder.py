@@ -360,10 +360,7 @@ def decode_cached(
     4096-row intermediates (:mod:`segany.modeling.workspace`); the outputs are fresh tensors
     either way, and equal.
     """
-    if mask_prompt is not None and image_tokens is not None:
-        raise ValueError("give a mask prompt either as mask_prompt or as image_tokens, not both")
-    if mask_prompt is not None and cache.image_tokens_only:
-        raise ValueError("a DecoderImageCache.for_image_tokens cache has no image tokens for a mask prompt to move")
+    # (bad argument combinations are refused by _transformer_with_factors, the one place that checks them)
     if mask_prompt is not None and sparse_prompt_embeddings.shape[0] == 1 < mask_prompt.features.shape[0]:
         # masks only (or one point set for several masks): one decode per mask, as the
         # official decoder broadcasts its single sparse prompt over the dense batch

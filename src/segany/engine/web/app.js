@@ -34,7 +34,7 @@
     model: null, session: null, cacheSession: null, clickSession: null, images: [], index: 0,
     H: 0, W: 0, inH: 0, inW: 0, embedding: null, cache: null, bitmap: null,
     accepted: [], selected: null, mode: "point", brush: 8,
-    cur: null, undo: [], redo: [], latencies: [], clickLatencies: [], decodes: 0, fastDecodes: 0,
+    cur: null, undo: [], redo: [], latencies: [], clickLatencies: [], decodes: 0,
   };
   window.segany = S; // for tests and benchmarks
 
@@ -114,7 +114,6 @@
     const dt = performance.now() - t0;
     S.latencies.push(dt);
     S.decodes += 1;
-    if (fast) S.fastDecodes += 1;
     S.latestFast = fast;
     c.logits = out.masks.data; c.iou = out.iou_predictions.data; c.lowRes = out.low_res_masks.data;
     c.nMasks = out.iou_predictions.dims[1];
