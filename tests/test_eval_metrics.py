@@ -57,6 +57,40 @@ def test_next_click_goes_to_the_deeper_error():
     assert clicks.next_click(gt, gt) is None
 
 
+def test_click_distances_are_exact_and_independent_of_opencv_threads():
+    """The click simulator's distances are exact squared distances whatever cv2's (process-wide)
+    thread count: OpenCV's float32 transform differs in the last bits between 1 and 2 threads,
+    which used to move clicks and change a run's numbers depending on what ran before it."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    m = np.zeros((120, 160), np.uint8)
+    for _ in range(4):
+        cv2.circle(m, (int(rng.integers(0, 160)), int(rng.integers(0, 120))), int(rng.integers(5, 60)), 1, -1)
+    region = m.astype(bool)
+    # brute force: squared distance to the nearest pixel outside the region (border = outside)
+    padded = np.pad(region, 1)
+    oy, ox = np.nonzero(~padded)
+    ys, xs = np.nonzero(padded)
+    brute = np.zeros(padded.shape, np.int64)
+    for y, x in zip(ys, xs):
+        brute[y, x] = int(((oy - y) ** 2 + (ox - x) ** 2).min())
+    brute = brute[1:-1, 1:-1]
+    before = cv2.getNumThreads()
+    try:
+        seen = []
+        for threads in (1, 2, 4):
+            cv2.setNumThreads(threads)
+            d = clicks._inner_distance(region)
+            assert d.dtype == np.int64 and np.array_equal(d, brute)
+            gt = np.zeros_like(region)
+            gt[20:100, 30:130] = True
+            seen.append((clicks.center_click(region), clicks.next_click(region, gt)))
+        assert seen[0] == seen[1] == seen[2]
+    finally:
+        cv2.setNumThreads(before)
+
+
 def test_ignore_band_is_neither_clicked_nor_counted():
     gt = np.zeros((20, 20), bool)
     gt[5:15, 5:15] = True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import pytest
 import torch
 
@@ -91,6 +92,17 @@ def test_points_run_resumes_with_identical_numbers(tmp_path: Path):
     out = tmp_path / "points"
     args = ["eval", "points", "--datasets", "grabcut", "--limit", "3", "--max-clicks", "9", "--out", str(out),
             "--no-progress", "--threads", "1"]
+    cv2_threads = cv2.getNumThreads()
+    # OpenCV's thread count is process-wide state other commands set (eval prompts sets it
+    # to --threads): the recomputation below runs under another one and must not notice
+    cv2.setNumThreads(1)
+    try:
+        _resume_and_compare(args, out)
+    finally:
+        cv2.setNumThreads(cv2_threads)
+
+
+def _resume_and_compare(args: list[str], out: Path) -> None:
     assert main(args) == 0
     first = _load(out)
     assert first["images_resumed"] == 0 and first["compute_seconds"] > 0
@@ -109,6 +121,7 @@ def test_points_run_resumes_with_identical_numbers(tmp_path: Path):
     assert part["per_object"]["grabcut"] == first["per_object"]["grabcut"][:2]
     assert "Partial report: 2 of 3 images" in (out / "report.md").read_text()
     assert not victim.exists()
+    cv2.setNumThreads(2)
     assert main(args) == 0
     second = _load(out)
     assert second["partial"] is None

@@ -21,9 +21,21 @@ from ..masks import mask_iou
 
 
 def _inner_distance(region: np.ndarray) -> np.ndarray:
-    """Distance of each pixel of ``region`` to its nearest non-region pixel (image border included)."""
+    """*Squared* Euclidean distance (int64, exact) of each pixel of ``region`` to its nearest
+    non-region pixel (image border included); callers only compare and rank distances.
+
+    Why squared integers: OpenCV's exact transform (``DIST_MASK_PRECISE``) returns float32
+    values whose last bits depend on ``cv2.setNumThreads`` (up to 1.5e-5 apart between 1
+    and 2 threads on 480x640 masks), and that thread count is process-wide state other
+    commands set. Near-equal maxima then ranked differently, moved a click, and every later
+    click of that object followed: the same evaluation gave different numbers in one process
+    and another. The squared distance of an exact transform is an integer (dx^2 + dy^2), and
+    float32 rounding stays far below 0.5 on it for any image size this package reads, so
+    rounding recovers it exactly: thread-independent values, true ties, and ties broken by
+    row order as documented."""
     padded = np.pad(region.astype(np.uint8), 1, mode="constant")
-    return cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
+    dist = cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1].astype(np.float64)
+    return np.rint(dist * dist).astype(np.int64)
 
 
 def _clickable(mask: np.ndarray, ignore: np.ndarray | None) -> np.ndarray:
@@ -80,9 +92,9 @@ def next_click(
     false_alarms = ~gt & pred & valid
     d_miss = _inner_distance(misses)
     d_fa = _inner_distance(false_alarms)
-    m_miss = float(d_miss.max()) if misses.any() else 0.0
-    m_fa = float(d_fa.max()) if false_alarms.any() else 0.0
-    if m_miss == 0.0 and m_fa == 0.0:
+    m_miss = int(d_miss.max()) if misses.any() else 0
+    m_fa = int(d_fa.max()) if false_alarms.any() else 0
+    if m_miss == 0 and m_fa == 0:
         return None
     positive = m_miss > m_fa
     dist = d_miss if positive else d_fa
