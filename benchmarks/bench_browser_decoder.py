@@ -166,9 +166,10 @@ def bare_page_ms(models: dict[str, Path], clicks: int, threads: int, feedback: b
     return results
 
 
-def real_page_ms(clicks: int, threads: int, query: str = "") -> tuple[list[float], list[float]]:
+def real_page_ms(clicks: int, threads: int, query: str = "") -> tuple[list[float], list[float], int]:
     """Real clicks in the annotation page served by ``segany serve`` (``query``: extra page
-    parameters, e.g. ``&fast=0``)."""
+    parameters, e.g. ``&fast=0``; ``threads`` 0: the page's own choice, its probe of a free
+    second core). Returns (decoder ms, press -> mask ms, wasm threads the page used)."""
     from playwright.sync_api import sync_playwright
 
     tmp = Path(tempfile.mkdtemp(prefix="segany-bench-"))
@@ -189,8 +190,10 @@ def real_page_ms(clicks: int, threads: int, query: str = "") -> tuple[list[float
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1280, "height": 760})
-            page.goto(f"http://127.0.0.1:{port}/?token=bench&threads={threads}{query}")
+            forced = f"&threads={threads}" if threads > 0 else ""
+            page.goto(f"http://127.0.0.1:{port}/?token=bench{forced}{query}")
             page.wait_for_function("document.body.dataset.state === 'ready'", timeout=300_000)
+            used = int(page.evaluate("window.segany.threads"))
             box = page.locator("#prompt-layer").bounding_box()
             rng = np.random.default_rng(0)
             for i in range(clicks + 3):
@@ -207,13 +210,15 @@ def real_page_ms(clicks: int, threads: int, query: str = "") -> tuple[list[float
     finally:
         proc.terminate()
         proc.wait()
-    return run, click
+    return run, click, used
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clicks", type=int, default=60)
-    parser.add_argument("--threads", type=int, default=1, help="onnxruntime-web wasm threads")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="onnxruntime-web wasm threads; 0 (default): the page's own choice (its probe of a free "
+                             "second core), and 1 in the bare page")
     args = parser.parse_args()
     if args.clicks < 50:
         parser.error("use at least 50 clicks (the acceptance is a median over >= 50)")
@@ -260,21 +265,22 @@ def main() -> int:
         print("browser part skipped: needs /usr/bin/chromium and onnxruntime-web (.ci/setup-extra.sh)")
         return 0
     models = {"segany.onnx": ours, "official.onnx": official, "segany_click.onnx": click}
+    bare_threads = max(1, args.threads)
     for feedback in (True, False):
-        bare = bare_page_ms(models, args.clicks, args.threads, feedback=feedback,
+        bare = bare_page_ms(models, args.clicks, bare_threads, feedback=feedback,
                             cache=("segany_cache.onnx", cache_graph))
         print(f"bare page, previous mask fed back on 2 of 3 clicks: {feedback}; the per-click graph's cache "
               f"graph ran once in {bare['segany_cache.onnx'][0]:.1f} ms")
         medians = {name: statistics.median(bare[name]) for name in models}
         for name in models:
             cpu = f", renderer CPU {bare[name + ':cpu_ms']:.1f} ms" if name + ":cpu_ms" in bare else ""
-            print(f"  Chromium onnxruntime-web ({args.threads} thread), {name:18s} median {medians[name]:7.1f} ms "
+            print(f"  Chromium onnxruntime-web ({bare_threads} thread), {name:18s} median {medians[name]:7.1f} ms "
                   f"over {len(bare[name])} runs{cpu}   ratio to official {medians[name] / medians['official.onnx']:.2f}")
     for label, query in (("as shipped (per-click graph)", ""), ("?fast=0 (official-contract graph)", "&fast=0"),
                          ("?feedback=0 (no mask fed back)", "&feedback=0")):
-        run, press = real_page_ms(args.clicks, args.threads, query)
-        print(f"annotation page {label}, {len(run)} real clicks: decoder median {statistics.median(run):.1f} ms, "
-              f"press -> mask drawn median {statistics.median(press):.1f} ms")
+        run, press, used = real_page_ms(args.clicks, args.threads, query)
+        print(f"annotation page {label}, {len(run)} real clicks, {used} wasm thread(s): decoder median "
+              f"{statistics.median(run):.1f} ms, press -> mask drawn median {statistics.median(press):.1f} ms")
     return 0
 
 

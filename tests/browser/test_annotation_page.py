@@ -252,3 +252,38 @@ def test_cached_click_graph_equals_the_full_graph_in_the_page(server, page):
     for name, same_size, diff in diffs:
         assert same_size and diff <= 1e-4, (name, diff)
     assert not page.errors, page.errors
+
+
+def test_wasm_threads_follow_the_probe_or_the_request(server, page):
+    """The page picks 2 wasm threads only when its probe finds a free second core (the pair of
+    workers clearly faster than one), and ?threads= overrides the probe."""
+    n = page.evaluate("window.segany.decodes")
+    page.evaluate("window.segany.cur.points.push({x: 200, y: 150, label: 1}); window.segany.decode()")
+    page.wait_for_function(f"window.segany.decodes > {n}", timeout=60_000)
+    threads, probe, speedup, text = page.evaluate(
+        "[window.segany.threads, window.segany.threadProbe, window.seganyThreads.SPEEDUP,"
+        " document.getElementById('latency').textContent]"
+    )
+    page.keyboard.press("Escape")  # drop the test click
+    cores = page.evaluate("navigator.hardwareConcurrency")
+    if cores >= 2:
+        assert probe is not None and probe["one_ms"] > 0 and probe["two_ms"] > 0
+        assert threads == (2 if probe["two_ms"] < speedup * probe["one_ms"] else 1), probe
+    else:
+        assert threads == 1 and probe is None
+    assert f"{threads} wasm thread" in text  # the latency line says what the decoder runs on
+    pg = page.context.browser.new_page(viewport={"width": 1280, "height": 760})  # (one Playwright per process)
+    try:
+        errors: list[str] = []
+        pg.on("pageerror", lambda e: errors.append(str(e)))
+        pg.goto(f"{server['url']}/?token={TOKEN}&threads=1")
+        pg.wait_for_function("['ready', 'error'].includes(document.body.dataset.state)", timeout=180_000)
+        assert pg.evaluate("[window.segany.threads, window.segany.threadProbe]") == [1, None]
+        # and the page still decodes on it
+        n = pg.evaluate("window.segany.decodes")
+        pg.evaluate("window.segany.cur.points.push({x: 200, y: 150, label: 1}); window.segany.decode()")
+        pg.wait_for_function(f"window.segany.decodes > {n}", timeout=60_000)
+        assert not errors, errors
+    finally:
+        pg.close()
+    assert not page.errors, page.errors

@@ -15,7 +15,7 @@ from fastapi.responses import FileResponse, Response
 
 WEB_DIR = Path(__file__).parent.parent / "web"
 ORT_FILES = ("ort.wasm.min.js", "ort-wasm-simd-threaded.wasm", "ort-wasm-simd-threaded.mjs")
-PAGE_FILES = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css"}
+PAGE_FILES = {"index.html": "text/html", "app.js": "text/javascript", "threads.js": "text/javascript", "style.css": "text/css"}
 
 router = APIRouter()
 

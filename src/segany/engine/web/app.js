@@ -35,6 +35,7 @@
     H: 0, W: 0, inH: 0, inW: 0, embedding: null, cache: null, bitmap: null,
     accepted: [], selected: null, mode: "point", brush: 8,
     cur: null, undo: [], redo: [], latencies: [], clickLatencies: [], decodes: 0,
+    threads: 1, threadProbe: null, // wasm threads in use, and the probe that chose them (threads.js)
   };
   window.segany = S; // for tests and benchmarks
 
@@ -139,7 +140,8 @@
     const sorted = S.latencies.slice().sort((a, b) => a - b);
     const med = sorted[Math.floor(sorted.length / 2)];
     const path = S.decodes && S.latestFast ? "cached" : "full";
-    $("latency").textContent = `decoder ${dt.toFixed(1)} ms, ${path} graph (median ${med.toFixed(1)} ms over ${sorted.length})`;
+    const threads = `${S.threads} wasm thread${S.threads === 1 ? "" : "s"}`;
+    $("latency").textContent = `decoder ${dt.toFixed(1)} ms, ${path} graph, ${threads} (median ${med.toFixed(1)} ms over ${sorted.length})`;
   }
 
   // The mask the annotator sees: decoder output, plus brush, minus eraser (Uint8Array H*W).
@@ -452,19 +454,19 @@
     if (!token) { setState("error", "missing access token: open the address printed by `segany serve`"); return; }
     if (typeof ort === "undefined") { setState("error", "onnxruntime-web is not installed on the server (npm install in src/segany/engine/web)"); return; }
     ort.env.wasm.wasmPaths = "/vendor/ort/";
-    // Two wasm threads help on a machine with cores to spare; on a 2-core machine they
-    // fight the browser's own threads (measured 2.3x slower here), so: 1 thread below 4 cores.
-    const cores = navigator.hardwareConcurrency || 1;
-    const wanted = Number(params.get("threads")) || (cores >= 4 ? 2 : 1);
-    ort.env.wasm.numThreads = self.crossOriginIsolated ? Math.min(wanted, cores) : 1;
     S.model = await (await api("/api/model")).json();
     if (!S.model.is_trained) $("status").title = "the server runs an untrained model: masks are meaningless";
-    const onnx = await (await api("/api/decoder.onnx")).arrayBuffer();
+    const urls = ["/api/decoder.onnx", ...(FAST ? ["/api/decoder_cache.onnx", "/api/decoder_click.onnx"] : [])];
+    const [onnx, cacheOnnx, clickOnnx] = await Promise.all(urls.map(async (u) => (await api(u)).arrayBuffer()));
+    // Two wasm threads when a second core is free (threads.js says why a probe decides, not
+    // the core count); ?threads=N overrides it. Probed here, after the server has exported
+    // the graphs and before it embeds any image, and fixed once wasm starts.
+    const chosen = await window.seganyThreads.choose(navigator.hardwareConcurrency || 1, Number(params.get("threads")) || 0);
+    S.threads = chosen.threads; S.threadProbe = chosen.probe;
+    ort.env.wasm.numThreads = S.threads;
     const options = { executionProviders: ["wasm"], graphOptimizationLevel: "all" };
     S.session = await ort.InferenceSession.create(onnx, options);
     if (FAST) {
-      const [cacheOnnx, clickOnnx] = await Promise.all(
-        ["/api/decoder_cache.onnx", "/api/decoder_click.onnx"].map(async (u) => (await api(u)).arrayBuffer()));
       S.cacheSession = await ort.InferenceSession.create(cacheOnnx, options);
       S.clickSession = await ort.InferenceSession.create(clickOnnx, options);
     }
