@@ -272,6 +272,19 @@ def test_wasm_threads_follow_the_probe_or_the_request(server, page):
     else:
         assert threads == 1 and probe is None
     assert f"{threads} wasm thread" in text  # the latency line says what the decoder runs on
+    # a probe whose workers never answer gives up after its timeout: 1 thread, no probe numbers
+    stuck = page.evaluate(
+        """async () => {
+          const real = window.Worker, made = [];
+          window.Worker = class { constructor() { made.push(this); } postMessage() {} terminate() { this.stopped = true; } };
+          try {
+            const t0 = performance.now();
+            const r = await window.seganyThreads.choose(2, 0);
+            return [r.threads, r.probe, performance.now() - t0, made.length > 0 && made.every((w) => w.stopped)];
+          } finally { window.Worker = real; }
+        }"""
+    )
+    assert stuck[:2] == [1, None] and 2500 < stuck[2] < 10_000 and stuck[3], stuck
     pg = page.context.browser.new_page(viewport={"width": 1280, "height": 760})  # (one Playwright per process)
     try:
         errors: list[str] = []

@@ -40,17 +40,21 @@
       postMessage({ ms: performance.now() - t0, x });
     };`;
 
+  const live = new Set(); // probe workers still running (all stopped when the probe gives up)
+  const stop = (w) => { w.terminate(); live.delete(w); };
+
   // n workers share rounds of `work` iterations each (the total work is the same for any n);
   // resolves to the slowest worker's time.
   function timed(url, n, rounds, work) {
     const sab = new SharedArrayBuffer(8);
     const workers = Array.from({ length: n }, () => new Worker(url));
+    workers.forEach((w) => live.add(w));
     const done = workers.map((w) => new Promise((resolve, reject) => {
       w.onmessage = (e) => resolve(e.data.ms);
       w.onerror = (e) => reject(new Error(e.message || "probe worker failed"));
     }));
     workers.forEach((w) => w.postMessage({ sab, n, rounds, work: Math.round(work / n) }));
-    return Promise.all(done).then((t) => Math.max(...t)).finally(() => workers.forEach((w) => w.terminate()));
+    return Promise.all(done).then((t) => Math.max(...t)).finally(() => workers.forEach(stop));
   }
 
   async function probe() {
@@ -65,16 +69,23 @@
     }
   }
 
+  const TIMEOUT_MS = 3000; // a probe that has not answered by then (a stuck worker) means 1 thread
+
   async function choose(cores, requested) {
     const isolated = self.crossOriginIsolated === true && typeof SharedArrayBuffer !== "undefined";
     if (!isolated || cores < 2) return { threads: 1, probe: null }; // wasm threads need both
     if (requested > 0) return { threads: Math.min(Math.floor(requested), cores), probe: null };
+    let timer = null;
     try {
-      const p = await probe();
+      const late = new Promise((_, reject) => { timer = setTimeout(() => reject(new Error("probe timed out")), TIMEOUT_MS); });
+      const p = await Promise.race([probe(), late]);
       return { threads: p.two_ms < SPEEDUP * p.one_ms ? 2 : 1, probe: p };
     } catch (err) {
       console.warn("thread probe failed, using 1 wasm thread:", err);
+      live.forEach(stop);
       return { threads: 1, probe: null };
+    } finally {
+      clearTimeout(timer);
     }
   }
 
