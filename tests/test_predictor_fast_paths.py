@@ -18,7 +18,14 @@ import pytest
 import torch
 
 from segany import build_model
-from segany.modeling.cached_decoder import DECODE_CHUNK, decode_cached, mask_prompt_tokens
+from segany.modeling.cached_decoder import (
+    DECODE_CHUNK,
+    cached_transformer,
+    decode_cached,
+    final_tokens,
+    mask_prompt_tokens,
+    transformer_layers,
+)
 from segany.modeling.decoder_cache import DecoderImageCache, MaskPrompt
 from segany.modeling.mask_upsampling import upsample_low_res, upsample_low_res_banded
 from segany.modeling.reassociated_attention import block_diagonal_heads
@@ -86,6 +93,29 @@ def test_cached_decoder_matches_plain(decoder_parts, n_prompts, multimask):
     for a, b in ((low, ref_low), (iou, ref_iou), (low_t, ref_low), (iou_t, ref_iou)):
         assert a.shape == b.shape
         assert (a - b).abs().max().item() < 1e-4
+
+
+def test_final_attention_for_the_iou_token_alone_matches(decoder_parts):
+    """The generator's IoU-first split (the final attention for the IoU token only, then for
+    every token of the prompts that pass) gives the plain decoder's IoUs and tokens."""
+    pe, dec = decoder_parts
+    gen = torch.Generator().manual_seed(7)
+    feats = torch.randn(1, 256, 64, 64, generator=gen)
+    n = DECODE_CHUNK + 1
+    coords = torch.rand(n, 1, 2, generator=gen) * 1024
+    with torch.no_grad():
+        image_pe = pe.get_dense_pe()
+        sparse, dense = pe(points=(coords, torch.ones(n, 1, dtype=torch.int)), boxes=None, masks=None)
+        cache = DecoderImageCache.build(dec, feats + pe.no_mask_dense(1, (64, 64)), image_pe)
+        _, ref_iou = dec.predict_masks(feats, image_pe, sparse, dense, dec.output_slice(True))
+        hs_all, _ = cached_transformer(dec, cache, sparse)
+        ws = Workspace()
+        layers = transformer_layers(dec, cache, sparse, ws=ws)
+        iou = dec.predict_iou(final_tokens(dec, cache, layers, slice(0, 1), ws=ws), dec.output_slice(True))
+        picked = torch.tensor([0, n - 1])
+        hs_picked = final_tokens(dec, cache, layers.select(picked))
+    assert iou.shape == ref_iou.shape and (iou - ref_iou).abs().max().item() < 1e-4
+    assert (hs_picked - hs_all[picked]).abs().max().item() < 1e-5
 
 
 @pytest.mark.parametrize(("n_prompts", "n_masks"), [(1, 1), (DECODE_CHUNK + 2, DECODE_CHUNK + 2), (3, 1)])

@@ -42,7 +42,7 @@ from ..masks import (
     rle_to_mask,
 )
 from ..modeling import Sam
-from ..modeling.cached_decoder import DECODE_CHUNK, cached_masks, cached_transformer
+from ..modeling.cached_decoder import DECODE_CHUNK, cached_masks, final_tokens, transformer_layers
 from ..modeling.decoder_cache import DecoderImageCache
 from ..modeling.mask_upsampling import low_res_extent
 from ..predictor import SamPredictor
@@ -322,7 +322,8 @@ class SamAutomaticMaskGenerator:
         """Decoder on single-point prompts, through the exact cached path. Returns (iou_preds
         Bx3, prompt indices K whose masks were computed, low-res logits Kx3x256x256).
 
-        The work is split where the filters allow: predicted IoUs first, then the 4x
+        The work is split where the filters allow: predicted IoUs first (the final attention
+        for the IoU token alone, :func:`~segany.modeling.cached_decoder.final_tokens`), then the 4x
         upscaling and hypernetwork heads only for the prompts with an output above
         ``pred_iou_thresh`` (the IoU head does not look at the masks), and only for the
         low-res rows/columns that upsampling to this crop reads."""
@@ -334,17 +335,22 @@ class SamAutomaticMaskGenerator:
         low_size = (4 * cache.grid[0], 4 * cache.grid[1])
         rows, cols = low_res_extent(self.predictor.input_size, low_size, self.model.img_size)
         ious, needed, lows = [], [], []
+        ws = self.predictor._workspace
         for s in range(0, len(sparse), DECODE_CHUNK):  # small groups stay in the CPU caches
-            # the predictor's scratch buffers: ``keys`` is read only in this iteration
-            # (``keys[need]`` copies), before the next group overwrites it
-            hs, keys = cached_transformer(decoder, cache, sparse[s : s + DECODE_CHUNK], workspace=self.predictor._workspace)
-            iou_preds = decoder.predict_iou(hs, multimask)
+            # the predictor's scratch buffers: ``layers.keys`` is read only in this iteration
+            # (``select`` copies), before the next group overwrites it
+            layers = transformer_layers(decoder, cache, sparse[s : s + DECODE_CHUNK], ws=ws)
+            # the IoU head reads the IoU token alone: the final attention for it only, and for
+            # the other tokens of the prompts that pass the filter
+            iou_preds = decoder.predict_iou(final_tokens(decoder, cache, layers, slice(0, 1), ws=ws), multimask)
             if self.pred_iou_thresh > 0.0:
                 need = (iou_preds > self.pred_iou_thresh).any(dim=1).nonzero().flatten()
             else:
                 need = torch.arange(len(iou_preds))
             if len(need):
-                lows.append(cached_masks(decoder, cache, hs[need], keys[need], multimask, rows, cols))
+                kept = layers.select(need)
+                hs = final_tokens(decoder, cache, kept)
+                lows.append(cached_masks(decoder, cache, hs, kept.keys, multimask, rows, cols))
             ious.append(iou_preds)
             needed.append(need + s)
         iou_all = torch.cat(ious)

@@ -23,6 +23,7 @@ path is inference-only (no autograd: use :class:`MaskDecoder` to train).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -152,6 +153,56 @@ def _transformer_with_factors(
     are then valid only until the next call with the same workspace. ``mask_prompt``: the
     cached image tokens moved by that rank-16 term (:class:`MaskPrompt`), applied where the
     first layer reads them; the later layers see prompted tokens anyway."""
+    layers = transformer_layers(decoder, cache, sparse_prompt_embeddings, image_tokens, ws, mask_prompt)
+    return final_tokens(decoder, cache, layers, ws=ws), layers.keys, layers.factors
+
+
+@dataclass
+class LayerOutputs:
+    """The two-way transformer's state after its layers, before the final token->image
+    attention: ``queries`` (BxTxC), the token positional part ``query_pe`` (the prompt
+    tokens, BxTxC), the image tokens ``keys`` (BxNxC) and each layer's factors."""
+
+    queries: torch.Tensor
+    query_pe: torch.Tensor
+    keys: torch.Tensor
+    factors: list[ImageTokenFactors]
+
+    def select(self, idx: torch.Tensor) -> LayerOutputs:
+        """The prompts ``idx`` (copies: safe past the next call with the workspace)."""
+        return LayerOutputs(self.queries[idx], self.query_pe[idx], self.keys[idx], [])
+
+
+def final_tokens(
+    decoder: MaskDecoder,
+    cache: DecoderImageCache,
+    layers: LayerOutputs,
+    tokens: slice = slice(None),
+    ws: Workspace | None = None,
+) -> torch.Tensor:
+    """The final token->image attention and norm for the output tokens ``tokens`` only
+    (B x len(tokens) x C): each token's row depends on its own query alone.
+
+    Why a subset: the IoU head reads the IoU token (index 0) and nothing else, so a caller
+    that filters on predicted IoU before it needs masks (the automatic generator) attends
+    with 1 query row of 7 per head, 1/7 of the two B x (heads*T) x 4096 x 256 products."""
+    transformer: TwoWayTransformer = decoder.transformer  # type: ignore[assignment]
+    queries, query_pe, keys = layers.queries[:, tokens], layers.query_pe[:, tokens], layers.keys
+    keys_pe = torch.add(keys, cache.key_pe, out=_scratch(ws, "keys_pe", keys.shape, keys))
+    attn_out = token_to_image(transformer.final_attn_token_to_image, queries + query_pe, keys_pe, keys)
+    return transformer.norm_final_attn(queries + attn_out)
+
+
+def transformer_layers(
+    decoder: MaskDecoder,
+    cache: DecoderImageCache,
+    sparse_prompt_embeddings: torch.Tensor,
+    image_tokens: torch.Tensor | None = None,
+    ws: Workspace | None = None,
+    mask_prompt: MaskPrompt | None = None,
+) -> LayerOutputs:
+    """The two-way transformer's layers on a cached image (:func:`_transformer_with_factors`'
+    arguments), without the final attention (:func:`final_tokens`)."""
     transformer: TwoWayTransformer = decoder.transformer  # type: ignore[assignment]
     if image_tokens is None and cache.image_tokens_only:
         raise ValueError("this cache (DecoderImageCache.for_image_tokens) decodes only with image_tokens")
@@ -206,11 +257,7 @@ def _transformer_with_factors(
         # "keys" buffer serves every layer)
         keys, mean, rstd = _layer_norm_stats(x, layer.norm4, ws, "keys", f"norm4.{i}")
         factors.append((p_t, vw, mean, rstd))
-    q = queries + query_pe
-    keys_pe = torch.add(keys, key_pe, out=_scratch(ws, "keys_pe", keys.shape, keys))
-    attn_out = token_to_image(transformer.final_attn_token_to_image, q, keys_pe, keys)
-    hs = transformer.norm_final_attn(queries + attn_out)
-    return hs, keys, factors
+    return LayerOutputs(queries, query_pe, keys, factors)
 
 
 def _fused_up1(
