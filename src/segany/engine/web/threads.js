@@ -18,7 +18,7 @@
   "use strict";
 
   const ROUNDS = 60;
-  const WORK = 60000; // loop iterations a worker does per round (~0.1-0.3 ms each round)
+  const WORK = 60000; // loop iterations per worker per round for the pair, 2x for the single worker (~1-2 ms a round here)
   const SPEEDUP = 0.7; // the pair must take < 0.7x the single worker's time
 
   const WORKER_SRC = `
