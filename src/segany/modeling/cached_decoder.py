@@ -148,11 +148,9 @@ def _transformer_with_factors(
     ws: Workspace | None = None,
     mask_prompt: MaskPrompt | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, list[ImageTokenFactors]]:
-    """:func:`cached_transformer` plus each layer's :data:`ImageTokenFactors`. With ``ws`` the
-    4096-row tensors are written into its buffers: the returned image tokens and factors
-    are then valid only until the next call with the same workspace. ``mask_prompt``: the
-    cached image tokens moved by that rank-16 term (:class:`MaskPrompt`), applied where the
-    first layer reads them; the later layers see prompted tokens anyway."""
+    """:func:`cached_transformer` plus each layer's :data:`ImageTokenFactors`: the layers
+    (:func:`transformer_layers`, which documents the arguments) and the final attention for
+    every token (:func:`final_tokens`)."""
     layers = transformer_layers(decoder, cache, sparse_prompt_embeddings, image_tokens, ws, mask_prompt)
     return final_tokens(decoder, cache, layers, ws=ws), layers.keys, layers.factors
 
@@ -169,7 +167,8 @@ class LayerOutputs:
     factors: list[ImageTokenFactors]
 
     def select(self, idx: torch.Tensor) -> LayerOutputs:
-        """The prompts ``idx`` (copies: safe past the next call with the workspace)."""
+        """The prompts ``idx`` (copies: safe past the next call with the workspace), without
+        the factors (only the fused upscaling reads them, and it runs on whole groups)."""
         return LayerOutputs(self.queries[idx], self.query_pe[idx], self.keys[idx], [])
 
 
@@ -201,8 +200,14 @@ def transformer_layers(
     ws: Workspace | None = None,
     mask_prompt: MaskPrompt | None = None,
 ) -> LayerOutputs:
-    """The two-way transformer's layers on a cached image (:func:`_transformer_with_factors`'
-    arguments), without the final attention (:func:`final_tokens`)."""
+    """The two-way transformer's layers on a cached image, without the final attention
+    (:func:`final_tokens`). ``image_tokens``: as in :func:`cached_transformer`. With ``ws``
+    the 4096-row tensors are written into its buffers: the returned image tokens and
+    factors are then valid only until the next call with the same workspace.
+    ``mask_prompt``: the cached image tokens moved by that rank-16 term
+    (:class:`MaskPrompt`), applied where the first layer reads them; the later layers see
+    prompted tokens anyway. Bad argument combinations are refused here, the one place
+    that checks them."""
     transformer: TwoWayTransformer = decoder.transformer  # type: ignore[assignment]
     if image_tokens is None and cache.image_tokens_only:
         raise ValueError("this cache (DecoderImageCache.for_image_tokens) decodes only with image_tokens")
@@ -407,7 +412,7 @@ def decode_cached(
     4096-row intermediates (:mod:`segany.modeling.workspace`); the outputs are fresh tensors
     either way, and equal.
     """
-    # (bad argument combinations are refused by _transformer_with_factors, the one place that checks them)
+    # (bad argument combinations are refused by transformer_layers, the one place that checks them)
     if mask_prompt is not None and sparse_prompt_embeddings.shape[0] == 1 < mask_prompt.features.shape[0]:
         # masks only (or one point set for several masks): one decode per mask, as the
         # official decoder broadcasts its single sparse prompt over the dense batch
