@@ -46,6 +46,7 @@ from ..modeling.cached_decoder import DECODE_CHUNK, cached_masks, final_tokens, 
 from ..modeling.decoder_cache import DecoderImageCache
 from ..modeling.mask_upsampling import low_res_extent
 from ..predictor import SamPredictor
+from .batch_threads import map_in_threads, resolve_workers
 from .filters import clean_mask, crop_nms_scores, is_box_near_crop_edge, nms, proposal_rank, stability_score
 from .grid import build_all_layer_point_grids, generate_crop_boxes, grid_points_for_crop
 from .stability_bound import Footprints, crop_footprints, may_pass_stability
@@ -128,6 +129,10 @@ class SamAutomaticMaskGenerator:
     - ``max_masks``: keep at most this many masks, ranked by the mean of predicted IoU and
       stability score (the object-proposal setting of appendix D.3).
 
+    and one of its own: ``batch_threads``, how many point batches are decoded at once, each
+    on one intra-op thread (default None: PyTorch's thread count; 1 = one batch at a time
+    on all threads, as before). It changes no result (:mod:`segany.automatic.batch_threads`).
+
     ``stage_counts`` (a dict keyed by :data:`STAGES`) holds how many masks each stage kept
     in the last ``generate`` call, summed over crops.
     """
@@ -154,6 +159,7 @@ class SamAutomaticMaskGenerator:
         output_mode: str = "binary_mask",
         max_mask_fraction: float | None = None,
         max_masks: int | None = None,
+        batch_threads: int | None = None,
     ) -> None:
         if (points_per_side is None) == (point_grids is None):
             raise ValueError("exactly one of points_per_side or point_grids must be given")
@@ -199,6 +205,7 @@ class SamAutomaticMaskGenerator:
             raise ValueError(f"max_mask_fraction must be in (0, 1], got {max_mask_fraction}")
         if max_masks is not None and max_masks < 1:
             raise ValueError(f"max_masks must be >= 1, got {max_masks}")
+        resolve_workers(batch_threads)  # refuses a bad value now, not at the first generate()
         self.predictor = SamPredictor(model)
         self.points_per_batch = points_per_batch
         self.pred_iou_thresh = pred_iou_thresh
@@ -213,6 +220,7 @@ class SamAutomaticMaskGenerator:
         self.output_mode = output_mode
         self.max_mask_fraction = max_mask_fraction
         self.max_masks = max_masks
+        self.batch_threads = batch_threads
         self.stage_counts: dict[str, int] = dict.fromkeys(STAGES, 0)
         self._footprints: dict[tuple[tuple[int, int], ...], Footprints] = {}
 
@@ -301,12 +309,16 @@ class SamAutomaticMaskGenerator:
         cache = DecoderImageCache.build(
             self.model.mask_decoder, features + prompt_encoder.no_mask_dense(1), prompt_encoder.get_dense_pe()
         )
-        parts = []
-        for start in range(0, len(points), self.points_per_batch):
-            batch = points[start : start + self.points_per_batch]
-            parts.append(self._process_batch(cache, batch, crop_size, crop_box, orig_size))
+        batches = [points[s : s + self.points_per_batch] for s in range(0, len(points), self.points_per_batch)]
+        workers = resolve_workers(self.batch_threads)
+        results = map_in_threads(
+            lambda batch: self._process_batch(cache, batch, crop_size, crop_box, orig_size, workers), batches, workers
+        )
         self.predictor.reset_image()
-        data = MaskSet.cat(parts)
+        for _, counts in results:  # merged here: the batches may have run side by side
+            for key, n in counts.items():
+                self.stage_counts[key] += n
+        data = MaskSet.cat([part for part, _ in results])
         if len(data):
             keep = nms(data.boxes.float(), data.iou_preds, self.box_nms_thresh)
             data = data.select(keep)
@@ -365,10 +377,14 @@ class SamAutomaticMaskGenerator:
         crop_size: tuple[int, int],
         crop_box: list[int],
         orig_size: tuple[int, int],
-    ) -> MaskSet:
+        workers: int = 1,
+    ) -> tuple[MaskSet, dict[str, int]]:
+        """One batch of grid points -> its masks after the per-mask filters, and how many
+        each stage kept. ``workers``: batches running at once (they share the upsampling's
+        memory budget)."""
         iou_all, needed, low_res = self._decode(cache, points, crop_size)
         n_out = iou_all.shape[1]
-        counts = self.stage_counts
+        counts = dict.fromkeys(("candidates", "iou", "upsampled", "stability", "edge"), 0)
         counts["candidates"] += iou_all.numel()
         # Flatten to one row per (prompt, output), prompt-major as the reference does.
         iou = iou_all[needed].flatten()
@@ -390,10 +406,10 @@ class SamAutomaticMaskGenerator:
             iou, pts, low = iou[keep], pts[keep], low[keep]
         counts["upsampled"] += len(iou)
         if len(iou) == 0:
-            return MaskSet.empty()
+            return MaskSet.empty(), counts
         h, w = crop_size
         per_mask = 4 * (h * w + self.model.img_size**2)
-        chunk = max(1, UPSAMPLE_BUDGET_BYTES // per_mask)
+        chunk = max(1, UPSAMPLE_BUDGET_BYTES // workers // per_mask)
         parts: list[MaskSet] = []
         orig_h, orig_w = orig_size
         for s in range(0, len(iou), chunk):
@@ -416,7 +432,7 @@ class SamAutomaticMaskGenerator:
                 continue
             rles = mask_to_rle(masks, frame=orig_size, offset=(crop_box[0], crop_box[1]))
             parts.append(MaskSet(rles, boxes, c_iou, c_pts, stab, torch.zeros(len(rles), 4, dtype=torch.int64)))
-        return MaskSet.cat(parts)
+        return MaskSet.cat(parts), counts
 
     def _stability_footprints(self, crop_size: tuple[int, int], low_size: tuple[int, int]) -> Footprints:
         """Footprints of the stability bound for the current crop (crops of one size share them)."""
