@@ -9,39 +9,17 @@ carry grad mode into its workers and raise their errors.
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from segany import SamAutomaticMaskGenerator
 from segany.automatic.batch_threads import map_in_threads, resolve_workers
-from segany.default_model import load_default_model
-
-PHOTO_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco_tiny" / "val2017"
-
-
-@pytest.fixture(scope="module")
-def model():
-    m = load_default_model(warn=False)
-    if not m.is_trained:
-        pytest.skip("no trained default weights shipped")
-    return m
-
-
-@pytest.fixture(scope="module")
-def photo() -> np.ndarray:
-    photos = sorted(PHOTO_DIR.glob("*.jpg")) if PHOTO_DIR.is_dir() else []
-    if not photos:
-        pytest.skip(f"no photos in {PHOTO_DIR}")
-    with Image.open(photos[1]) as im:
-        return np.asarray(im.convert("RGB")).copy()
 
 
 @pytest.mark.parametrize("crop_n_layers", [0, 1], ids=["whole-image", "crops"])
-def test_records_identical_with_batches_side_by_side(model, photo, crop_n_layers):
+def test_records_identical_with_batches_side_by_side(trained_default_model, coco_val_photos, crop_n_layers):
+    model, photo = trained_default_model, coco_val_photos[1]
     kwargs = dict(
         points_per_side=8,
         points_per_batch=16,  # several batches per crop, so several run at once

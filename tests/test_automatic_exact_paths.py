@@ -11,38 +11,25 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from segany import SamAutomaticMaskGenerator, SamPredictor
 from segany.automatic.filters import count_true, stability_score
 from segany.automatic.generator import STAGES
 from segany.automatic.grid import build_point_grid
 from segany.automatic.stability_bound import crop_footprints, may_pass_stability, stability_count_bounds
-from segany.default_model import load_default_model
-
-PHOTO_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco_tiny" / "val2017"
 
 
 @pytest.fixture(scope="module")
-def model():
-    m = load_default_model(warn=False)
-    if not m.is_trained:
-        pytest.skip("no trained default weights shipped")
-    return m
+def model(trained_default_model):
+    return trained_default_model
 
 
 @pytest.fixture(scope="module")
-def photo() -> np.ndarray:
-    photos = sorted(PHOTO_DIR.glob("*.jpg")) if PHOTO_DIR.is_dir() else []
-    if not photos:
-        pytest.skip(f"no photos in {PHOTO_DIR}")
-    with Image.open(photos[0]) as im:
-        return np.asarray(im.convert("RGB")).copy()
+def photo(coco_val_photos) -> np.ndarray:
+    return coco_val_photos[0]
 
 
 @pytest.mark.parametrize(
