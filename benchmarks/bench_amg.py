@@ -248,7 +248,8 @@ def _child(args: argparse.Namespace) -> None:
 PROFILE_PARTS = (
     ("predictor.py", "set_image", "image encoder (set_image)"),
     ("decoder_cache.py", "build", "per-image decoder cache"),
-    ("cached_decoder.py", "cached_transformer", "decoder transformer, every point"),
+    ("cached_decoder.py", "transformer_layers", "decoder transformer layers, every point"),
+    ("cached_decoder.py", "final_tokens", "final attention (IoU token; survivors: all)"),
     ("mask_decoder.py", "predict_iou", "IoU head"),
     ("cached_decoder.py", "cached_masks", "mask upscaling + hypernetworks (IoU survivors)"),
     ("stability_bound.py", "may_pass_stability", "low-res stability bound"),
@@ -288,6 +289,7 @@ def _profile(args: argparse.Namespace, images: list[Path], layers: list[int]) ->
                 box_nms_thresh=args.box_nms_thresh,
                 crop_n_layers=n_layers,
                 output_mode="uncompressed_rle",
+                batch_threads=1,  # cProfile sees the calling thread only
             )
             prof = cProfile.Profile()
             with torch.no_grad():

@@ -384,7 +384,7 @@ class SamAutomaticMaskGenerator:
         memory budget)."""
         iou_all, needed, low_res = self._decode(cache, points, crop_size)
         n_out = iou_all.shape[1]
-        counts = dict.fromkeys(("candidates", "iou", "upsampled", "stability", "edge"), 0)
+        counts = dict.fromkeys(STAGES[: STAGES.index("edge") + 1], 0)  # the per-batch stages
         counts["candidates"] += iou_all.numel()
         # Flatten to one row per (prompt, output), prompt-major as the reference does.
         iou = iou_all[needed].flatten()

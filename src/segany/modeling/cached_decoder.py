@@ -101,8 +101,8 @@ def cached_transformer(
     (:mod:`segany.modeling.workspace`); the returned image tokens are then one of them,
     valid until the next call with that workspace (copy what must live longer).
     """
-    hs, keys, _ = _transformer_with_factors(decoder, cache, sparse_prompt_embeddings, image_tokens, workspace)
-    return hs, keys
+    layers = transformer_layers(decoder, cache, sparse_prompt_embeddings, image_tokens, workspace)
+    return final_tokens(decoder, cache, layers, ws=workspace), layers.keys
 
 
 ImageTokenFactors = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
@@ -138,21 +138,6 @@ def _token_to_cached_image(
     p = torch.softmax(logits, dim=-1)
     out = p @ cache.t2i_v + (p @ f) @ mv + mv_bias
     return attn.out_proj(attn.recombine_heads(out))
-
-
-def _transformer_with_factors(
-    decoder: MaskDecoder,
-    cache: DecoderImageCache,
-    sparse_prompt_embeddings: torch.Tensor,
-    image_tokens: torch.Tensor | None,
-    ws: Workspace | None = None,
-    mask_prompt: MaskPrompt | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, list[ImageTokenFactors]]:
-    """:func:`cached_transformer` plus each layer's :data:`ImageTokenFactors`: the layers
-    (:func:`transformer_layers`, which documents the arguments) and the final attention for
-    every token (:func:`final_tokens`)."""
-    layers = transformer_layers(decoder, cache, sparse_prompt_embeddings, image_tokens, ws, mask_prompt)
-    return final_tokens(decoder, cache, layers, ws=ws), layers.keys, layers.factors
 
 
 @dataclass
@@ -425,7 +410,7 @@ def decode_cached(
     # The final token->image attention only for the tokens the heads read: the IoU token and
     # the mask tokens up to the last selected one (rows are independent; the prompt tokens'
     # outputs are never used): 5 of the 7 rows of a point or box prompt for 3 masks, 2 for one.
-    output_rows = slice(0, 1 + len(range(decoder.num_mask_tokens)[: mask_slice.stop]))
+    output_rows = slice(0, 1 + mask_slice.indices(decoder.num_mask_tokens)[1])
     low_res, iou = [], []
     for s in range(0, max(b, 1), DECODE_CHUNK):  # (an empty batch still gives empty outputs)
         tokens = None if image_tokens is None else image_tokens[s : s + DECODE_CHUNK]
