@@ -360,3 +360,37 @@ def test_eval_prompts_end_to_end_matches_eval_points(tmp_path: Path):
     assert "| model box | model 1 pt | model 5 clicks |" in md and "## Point-to-mask mIoU" in md
     assert f"{100 * rep2['mean']['mIoU']['model_box']:.1f}" in md
     assert json.loads((tmp_path / "summary.json").read_text())["missing"] == ["edges", "proposals", "instances", "fairness"]
+
+
+def test_zoomed_boxes_and_clicks_in_eval_prompts(tmp_path: Path, default_predictor):
+    """--zoom-box answers each box on its crop (exactly ZoomIn.box); --zoom-in zooms the click columns,
+    which then equal `eval points --zoom-in`; records of either kind are never mixed with plain ones."""
+    from segany.zoom_in import BOX_ZOOM, ZoomIn, ZoomInConfig
+
+    images = _synthetic_set(tmp_path)
+    objs = images[0].objects()
+    img = images[0].image()
+    info = {"checkpoint": "test", "model_type": "segany_cnn", "trained": True, "parameters": 1}
+    cfg = ZoomInConfig(min_crop=40)
+    got = prompts.run(default_predictor, {"synthetic": images}, tmp_path / "z", info, "t", baselines=(),
+                      show_progress=False, zoom_box=BOX_ZOOM, zoom_clicks=cfg)
+    default_predictor.set_image(img)
+    zoom = ZoomIn(default_predictor, BOX_ZOOM)
+    want_box = [clicks.iou(zoom.box(img, prompts.tight_box(g))[0], g, objs.ignore) for g in objs.masks]
+    default_predictor.reset_image()
+    assert [o["model_box"] for o in got["per_object"]["synthetic"]] == pytest.approx(want_box)
+    pts = points.run(default_predictor, {"synthetic": images}, tmp_path / "pts", info, "t", max_clicks=9,
+                     show_progress=False, zoom_in=cfg)
+    want_clicks = [o["iou_top"][: prompts.N_CLICKS] for o in pts["per_object"]["synthetic"]]
+    assert [o["model_clicks"] for o in got["per_object"]["synthetic"]] == want_clicks
+    assert got["settings"]["zoom_box"]["expansion"] == BOX_ZOOM.expansion
+    assert "Model box on crops" in (tmp_path / "z" / "report.md").read_text()
+    assert "**Zoom-in** from click 2" in (tmp_path / "pts" / "report.md").read_text()
+    # the zoomed points run serves a zoomed prompts run, and refuses a plain one
+    points.open_for_reuse(tmp_path / "pts", default_predictor, prompts.N_CLICKS, cfg)
+    with pytest.raises(ValueError, match="zoom_in="):
+        points.open_for_reuse(tmp_path / "pts", default_predictor, prompts.N_CLICKS)
+    points.run(default_predictor, {"synthetic": images}, tmp_path / "plain", info, "t", max_clicks=9,
+               show_progress=False)
+    with pytest.raises(ValueError, match="zoom_in="):
+        points.open_for_reuse(tmp_path / "plain", default_predictor, prompts.N_CLICKS, cfg)

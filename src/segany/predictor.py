@@ -139,14 +139,26 @@ class SamPredictor:
             shape = tuple(getattr(transformed_image, "shape", ()))
             raise ValueError(f"set_torch_image input must be BCHW with long side {size}, got shape {shape}")
         self.reset_image()
+        self._set_state(self._encode(transformed_image, original_image_size))
+
+    def _encode(self, transformed_image: torch.Tensor, original_image_size: tuple[int, ...]) -> ImageState:
         features = self.model.image_encoder(self.model.preprocess(transformed_image))
-        self._set_state(
-            ImageState(
-                features=features,
-                original_size=(int(original_image_size[0]), int(original_image_size[1])),
-                input_size=(int(transformed_image.shape[-2]), int(transformed_image.shape[-1])),
-            )
+        return ImageState(
+            features=features.contiguous(),
+            original_size=(int(original_image_size[0]), int(original_image_size[1])),
+            input_size=(int(transformed_image.shape[-2]), int(transformed_image.shape[-1])),
         )
+
+    @torch.no_grad()
+    def embed(self, image: np.ndarray, image_format: str = "RGB") -> ImageState:
+        """The embedding and frames of an image, *without* making it the current image.
+
+        For callers that keep several embeddings alive beside the current one, e.g. the
+        zoom-in refinement (:mod:`segany.zoom_in`), which encodes one crop per object while
+        the whole image stays set. Decode with :meth:`predict_torch_on`.
+        """
+        input_image, original_size = self._prepare_image(image, image_format)
+        return self._encode(input_image, original_size)
 
     def _set_state(self, state: ImageState) -> None:
         # One memory layout whatever the source (encoder output, batch slice, embedding file):
@@ -260,6 +272,23 @@ class SamPredictor:
             raise RuntimeError("An image must be set with .set_image(...) before mask prediction.")
         return self._predict_state(
             self._state, point_coords, point_labels, boxes, mask_input, multimask_output, return_logits, text_embedding
+        )
+
+    @torch.no_grad()
+    def predict_torch_on(
+        self,
+        state: ImageState,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`predict_torch` on an embedding from :meth:`embed` instead of the current image
+        (prompts in *that* image's input frame)."""
+        return self._predict_state(
+            state, point_coords, point_labels, boxes, mask_input, multimask_output, return_logits, None
         )
 
     def _predict_state(

@@ -45,6 +45,34 @@ def _add_datasets(p: argparse.ArgumentParser, default: Sequence[str], help_text:
     p.add_argument("--datasets", nargs="+", default=list(default), help=help_text)
 
 
+def _add_zoom_in(p: argparse.ArgumentParser) -> None:
+    """``--zoom-in`` and its settings (segany.zoom_in), shared by the commands that simulate clicks."""
+    from ..zoom_in import ZoomInConfig
+
+    d = ZoomInConfig()
+    p.add_argument("--zoom-in", action="store_true",
+                   help="answer later clicks on a crop around the object (RITM's zoom-in; changes results)")
+    p.add_argument("--zoom-expansion", type=float, default=d.expansion,
+                   help=f"zoom-in crop = the object's box times this (default {d.expansion})")
+    p.add_argument("--zoom-min-crop", type=int, default=d.min_crop,
+                   help=f"zoom-in crop side at least this many pixels (default {d.min_crop})")
+    p.add_argument("--zoom-skip-clicks", type=int, default=d.skip_clicks,
+                   help=f"clicks answered on the whole image before zooming (default {d.skip_clicks})")
+    p.add_argument("--zoom-min-crop-fraction", type=float, default=d.min_crop_fraction,
+                   help="zoom-in crop side at least this fraction of the image's longer side "
+                   f"(default {d.min_crop_fraction})")
+
+
+def zoom_in_config(args: argparse.Namespace) -> Any:
+    """The ZoomInConfig of ``--zoom-in`` and its settings, or None without ``--zoom-in``."""
+    from ..zoom_in import ZoomInConfig
+
+    if not args.zoom_in:
+        return None
+    return ZoomInConfig(expansion=args.zoom_expansion, min_crop=args.zoom_min_crop, skip_clicks=args.zoom_skip_clicks,
+                        min_crop_fraction=args.zoom_min_crop_fraction)
+
+
 def register(subparsers: Any) -> None:
     # imported here, not at the top: every `segany` command line registers this parser
     from ..eval.datasets import DEFAULT_POINT_DATASETS
@@ -64,6 +92,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--no-mask-feedback", action="store_true",
                    help="decode every click from the clicks alone, without the previous mask's logits (the paper "
                    "feeds them; the official web demo does not)")
+    _add_zoom_in(p)
     p.set_defaults(func=run_points)
 
     p = sub.add_parser("prompts", help="box / 1-point / 5-click mIoU next to GrabCut and box-fill baselines")
@@ -78,6 +107,9 @@ def register(subparsers: Any) -> None:
         help="classical baselines scored on the same objects (default: grabcut box_fill; 'none' = model only)",
     )
     p.add_argument("--grabcut-iters", type=int, default=5, help="GrabCut iterations (default 5)")
+    p.add_argument("--zoom-box", action="store_true",
+                   help="answer each box on a crop around it (segany.zoom_in.BOX_ZOOM; one encoder pass a box)")
+    _add_zoom_in(p)
     p.add_argument(
         "--grabcut-box-context",
         type=_grabcut_context,
@@ -204,7 +236,7 @@ def run_points(args: argparse.Namespace) -> int:
     res = points.run(
         SamPredictor(model), data, Path(args.out), info, command, args.first_click, args.max_clicks, args.seed,
         not args.no_progress, resume_run=not args.no_resume, partial=args.partial,
-        feed_mask=not args.no_mask_feedback,
+        feed_mask=not args.no_mask_feedback, zoom_in=zoom_in_config(args),
     )
     m = res["mean"]["top"]
     return _done(Path(args.out), f"mean mIoU@1 {100 * m['mIoU']['1']:.1f}  @9 {100 * m['mIoU']['9']:.1f}  NoC@90 {m['NoC@90']:.2f}")
@@ -215,6 +247,7 @@ def run_prompts(args: argparse.Namespace) -> int:
 
     from ..eval import prompts
     from ..predictor import SamPredictor
+    from ..zoom_in import BOX_ZOOM
 
     if "none" in args.baselines and len(args.baselines) > 1:
         raise ValueError("--baselines none cannot be combined with other baselines")
@@ -227,7 +260,7 @@ def run_prompts(args: argparse.Namespace) -> int:
         grabcut_iters=args.grabcut_iters, grabcut_box_context=args.grabcut_box_context,
         grabcut_click_context=args.grabcut_click_context, seed=args.seed,
         show_progress=not args.no_progress, resume_run=not args.no_resume, partial=args.partial,
-        clicks_from=args.clicks_from,
+        clicks_from=args.clicks_from, zoom_box=BOX_ZOOM if args.zoom_box else None, zoom_clicks=zoom_in_config(args),
     )
     m = res["mean"]["mIoU"]
     line = "  ".join(

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ import torch
 
 from ..modeling.fingerprint import sampled_weights_digest
 from ..predictor import SamPredictor
+from ..zoom_in import ZoomIn, ZoomInConfig, ZoomTrack
 from . import clicks, report, resume, runner
 from .datasets import EvalImage, EvalObjects, objects_and_pixels
 
@@ -61,6 +62,7 @@ class _Track:
     logits: torch.Tensor  # 1x256x256 low-res logits of the kept mask
     mask: np.ndarray  # HxW bool
     done: bool = False
+    zoom: ZoomTrack | None = None  # with zoom-in, from the first zoomed click on
 
 
 def _predict(
@@ -87,6 +89,8 @@ def simulate_image(
     chunk: int = 16,
     keep_masks: int = 0,
     feed_mask: bool = True,
+    zoom_in: ZoomInConfig | None = None,
+    pixels: np.ndarray | None = None,
 ) -> tuple[list[ObjectTrace], list[dict[str, Any]]]:
     """Simulate clicking on every object of one image.
 
@@ -106,12 +110,23 @@ def simulate_image(
             objects (for the report's example figures).
         feed_mask: feed each click the previous mask's low-res logits (the paper's protocol);
             False decodes every click from the clicks alone (what the official web demo does).
+        zoom_in: answer later clicks on a crop around each object (:mod:`segany.zoom_in`);
+            needs the pixels (``image``, or ``pixels`` for the image already set) and
+            ``feed_mask``. Zoomed clicks are decoded one object at a time.
+        pixels: with ``image=None``, the pixels of the image set on ``predictor`` (zoom-in
+            crops them).
     Returns:
         (traces, examples).
     """
     if max_clicks < 1:
         raise ValueError(f"max_clicks must be >= 1, got {max_clicks}")
     rng = rng if rng is not None else np.random.default_rng(0)
+    zoom = None
+    pixels = image if image is not None else pixels
+    if zoom_in is not None:
+        if pixels is None or not feed_mask:
+            raise ValueError("zoom-in needs the image's pixels and the previous mask fed back")
+        zoom = ZoomIn(predictor, zoom_in)
     if image is not None:
         predictor.set_image(image)
     size = predictor.original_size if image is None else (int(image.shape[0]), int(image.shape[1]))
@@ -132,8 +147,11 @@ def simulate_image(
             pick = {"top": int(np.argmax(scores[i])), "oracle": int(np.argmax(gt_ious))}
             for t in TRACKS:
                 k = pick[t]
-                tracks[t].append(_Track([firsts[i]], [1], low[i, k : k + 1], masks[i, k]))
-                chunk_traces[i].ious[t].append(gt_ious[k])
+                tr = _Track([firsts[i]], [1], low[i, k : k + 1], masks[i, k])
+                if zoom is not None and zoom.applies(1):
+                    _zoom_click(zoom, pixels, tr)
+                tracks[t].append(tr)
+                chunk_traces[i].ious[t].append(clicks.iou(tr.mask, gts[i], ignore) if tr.zoom else gt_ious[k])
         ex = [
             {"gt": gts[i], "clicks1": [(*firsts[i], 1)], "mask1": tracks["top"][i].mask, "meta": metas[i]}
             for i in range(min(n, max(0, keep_masks - len(examples))))
@@ -158,6 +176,11 @@ def simulate_image(
                     active.append(i)
                 if not active:
                     continue
+                if zoom is not None and zoom.applies(step):
+                    for i in active:
+                        _zoom_click(zoom, pixels, tracks[t][i])
+                        chunk_traces[i].ious[t].append(clicks.iou(tracks[t][i].mask, gts[i], ignore))
+                    continue
                 coords = np.array([tracks[t][i].points for i in active], dtype=np.float64)
                 labels = np.array([tracks[t][i].labels for i in active])
                 mask_in = torch.stack([tracks[t][i].logits for i in active]).to(predictor.device)
@@ -178,6 +201,14 @@ def simulate_image(
     if image is not None:
         predictor.reset_image()
     return traces, examples
+
+
+def _zoom_click(zoom: ZoomIn, image: np.ndarray | None, tr: _Track) -> None:
+    """Decode a track's clicks on its object's crop (its zoom state starts from the low-res logits)."""
+    assert image is not None
+    if tr.zoom is None:
+        tr.zoom = zoom.track(tr.logits)
+    tr.mask, _ = zoom.click(image, tr.zoom, np.array(tr.points, dtype=np.float64), np.array(tr.labels))
 
 
 def summarize(traces: Sequence[ObjectTrace], max_clicks: int) -> dict[str, Any]:
@@ -208,8 +239,9 @@ class ClickExperiment(runner.Experiment):
     """
 
     def __init__(self, predictor: SamPredictor, first: str, max_clicks: int, seed: int, keep_examples: int,
-                 feed_mask: bool = True) -> None:
+                 feed_mask: bool = True, zoom_in: ZoomInConfig | None = None) -> None:
         self.predictor = predictor
+        self.zoom_in = zoom_in
         self.first = first
         self.max_clicks = max_clicks
         self.seed = seed
@@ -219,7 +251,9 @@ class ClickExperiment(runner.Experiment):
 
     def signature(self) -> dict[str, Any]:
         # (feed_mask only when off: records of earlier runs, all with the mask fed back, stay valid)
-        extra = {} if self.feed_mask else {"feed_mask": False}
+        extra: dict[str, Any] = {} if self.feed_mask else {"feed_mask": False}
+        if self.zoom_in is not None:  # (likewise only when on)
+            extra["zoom_in"] = asdict(self.zoom_in)
         return _signature(self.predictor, first=self.first, max_clicks=self.max_clicks, seed=self.seed, **extra)
 
     def key(self, dataset: str, index: int, item: EvalImage) -> str:
@@ -235,7 +269,8 @@ class ClickExperiment(runner.Experiment):
         if pixels is not None:
             rng = np.random.default_rng([self.seed, index])
             traces, ex = simulate_image(self.predictor, pixels, objs, self.first, self.max_clicks, rng,
-                                        keep_masks=self.keep_examples - len(examples), feed_mask=self.feed_mask)
+                                        keep_masks=self.keep_examples - len(examples), feed_mask=self.feed_mask,
+                                        zoom_in=self.zoom_in)
             examples.extend({**e, "image": pixels} for e in ex)
         return {"traces": [{"meta": t.meta, "ious": t.ious} for t in traces]}
 
@@ -247,12 +282,12 @@ class PointsExperiment(ClickExperiment):
     title = "Zero-shot point-to-mask evaluation (paper 7.1 / D.1)"
 
     def __init__(self, predictor: SamPredictor, first: str = "center", max_clicks: int = 20, seed: int = 0,
-                 feed_mask: bool = True) -> None:
+                 feed_mask: bool = True, zoom_in: ZoomInConfig | None = None) -> None:
         if max_clicks < max(CLICK_COUNTS):
             raise ValueError(
                 f"--max-clicks must be >= {max(CLICK_COUNTS)} (mIoU is reported up to 9 clicks), got {max_clicks}"
             )
-        super().__init__(predictor, first, max_clicks, seed, keep_examples=2, feed_mask=feed_mask)
+        super().__init__(predictor, first, max_clicks, seed, keep_examples=2, feed_mask=feed_mask, zoom_in=zoom_in)
 
     def summarise_dataset(self, dataset: str, finished: list[tuple[Any, dict[str, Any]]]) -> Any:
         traces = [t for _, rec in finished for t in traces_from_record(rec)]
@@ -278,7 +313,14 @@ class PointsExperiment(ClickExperiment):
         out_dir = self.ctx.out_dir
         _plot_curves(per_dataset, out_dir / "miou_vs_points.png", f"point-to-mask, {self.first} first click")
         md = (f"First click: **{self.first}**; later clicks at the deepest error; NoC capped at {self.max_clicks} "
-              "clicks.\n\n")
+              "clicks.")
+        if self.zoom_in is not None:
+            z = self.zoom_in
+            least = f"{z.min_crop} px" + (f" and {z.min_crop_fraction:g} of the image's longer side"
+                                          if z.min_crop_fraction else "")
+            md += (f" **Zoom-in** from click {z.skip_clicks + 1}: crops {z.expansion}x the object's box, at least "
+                   f"{least}, re-encoded when the box IoU drops below {z.recompute_iou}.")
+        md += "\n\n"
         header = (["data set", "images", "objects"] + [f"mIoU@{n}" for n in CLICK_COUNTS]
                   + ["oracle@1", "oracle@3", "NoC@85", "NoC@90"])
         rows = []
@@ -300,7 +342,8 @@ class PointsExperiment(ClickExperiment):
         md += ("\nExamples: prediction after 1 click (left) and 3 clicks (right); yellow = ground truth, green/red = "
                "fg/bg clicks.\n")
         settings = {"first_click": self.first, "max_clicks": self.max_clicks, "seed": self.seed,
-                    "click_counts": list(CLICK_COUNTS)}
+                    "click_counts": list(CLICK_COUNTS),
+                    "zoom_in": None if self.zoom_in is None else asdict(self.zoom_in)}
         per_object = {
             name: [{"meta": tr.meta, "iou_top": tr.ious["top"], "iou_oracle": tr.ious["oracle"]} for tr in traces]
             for name, (_, traces) in datasets.items()
@@ -319,15 +362,17 @@ def record_key(idx: int, im: EvalImage) -> str:
     return f"{im.dataset}/{idx}/{im.image_id}"
 
 
-def open_for_reuse(out_dir: Path, predictor: SamPredictor, min_clicks: int) -> resume.ResumeStore:
+def open_for_reuse(out_dir: Path, predictor: SamPredictor, min_clicks: int,
+                   zoom_in: ZoomInConfig | None = None) -> resume.ResumeStore:
     """The records of an earlier ``eval points`` run in ``out_dir``, read-only, for another experiment.
 
     ``eval prompts`` reports the model's mIoU after 1 and 5 clicks under exactly this
     simulation; a full ``eval points`` run has already simulated every object (up to 20
     clicks), so reading its traces spares hours of identical decoder work. Only a run that
     simulated the same thing qualifies: the same weights, centre first clicks (random first
-    clicks depend on the seed and the image's position in the list) and at least
-    ``min_clicks`` clicks per object. Raises ValueError, naming the mismatch, otherwise.
+    clicks depend on the seed and the image's position in the list), the same mask feedback
+    and zoom-in (``zoom_in``), and at least ``min_clicks`` clicks per object. Raises
+    ValueError, naming the mismatch, otherwise.
     """
     sig_path = Path(out_dir) / ".resume" / "points" / resume.SIGNATURE_FILE
     try:
@@ -336,8 +381,11 @@ def open_for_reuse(out_dir: Path, predictor: SamPredictor, min_clicks: int) -> r
         raise ValueError(f"no `segany eval points` records in {out_dir} ({sig_path}: {e})") from e
     # every field of the signature must match, except the click cap (checked below) and the
     # seed (centre first clicks draw no random numbers)
-    want = report._jsonable(_signature(predictor, first="center"))
+    extra = {} if zoom_in is None else {"zoom_in": asdict(zoom_in)}
+    want = report._jsonable(_signature(predictor, first="center", **extra))
     bad = [f"{k}={sig.get(k)!r} (need {v!r})" for k, v in want.items() if sig.get(k) != v]
+    # settings recorded only when not the default (feed_mask off, zoom-in on) must be absent
+    bad += [f"{k}={sig[k]!r} (need none)" for k in sorted(set(sig) - set(want) - {"max_clicks", "seed"})]
     if not isinstance(sig.get("max_clicks"), int) or sig["max_clicks"] < min_clicks:
         bad.append(f"max_clicks={sig.get('max_clicks')!r} (need >= {min_clicks})")
     if bad:
@@ -418,14 +466,15 @@ def run(
     resume_run: bool = True,
     partial: bool = False,
     feed_mask: bool = True,
+    zoom_in: ZoomInConfig | None = None,
 ) -> dict[str, Any]:
     """Evaluate every data set and write ``report.json``, ``report.md``, ``miou_vs_points.png`` and examples.
 
     Finished images are kept in ``out_dir/.resume``: a rerun after an interruption (same
     model, settings and data) continues where it stopped, unless ``resume_run`` is False.
     ``partial``: report only the images finished so far, computing nothing; data sets with
-    none finished are left out. ``feed_mask``: see :func:`simulate_image`.
+    none finished are left out. ``feed_mask``, ``zoom_in``: see :func:`simulate_image`.
     """
-    experiment = PointsExperiment(predictor, first, max_clicks, seed, feed_mask)
+    experiment = PointsExperiment(predictor, first, max_clicks, seed, feed_mask, zoom_in)
     options = runner.RunOptions(out_dir, model_info, command, show_progress, resume_run, partial)
     return runner.run(experiment, datasets, options)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -36,6 +36,7 @@ import torch
 from ..masks import batched_mask_to_box
 from ..modeling.fingerprint import sampled_weights_digest
 from ..predictor import SamPredictor
+from ..zoom_in import ZoomIn, ZoomInConfig
 from . import classical, clicks, points, report, resume, runner
 from .datasets import EvalImage, EvalObjects, objects_and_pixels
 
@@ -126,6 +127,25 @@ def model_box_ious(
     return ious, kept
 
 
+def zoomed_box_ious(
+    zoom: ZoomIn,
+    image: np.ndarray,
+    boxes: np.ndarray,
+    gts: Sequence[np.ndarray],
+    ignore: np.ndarray | None,
+    keep: int | None = None,
+) -> tuple[list[float], np.ndarray | None]:
+    """:func:`model_box_ious` with each box answered on its own crop (one encoder pass a box)."""
+    ious: list[float] = []
+    kept = None
+    for j, b in enumerate(boxes):
+        m, _, _ = zoom.box(image, b)
+        ious.append(clicks.iou(m, gts[j], ignore))
+        if keep == j:
+            kept = m
+    return ious, kept
+
+
 def grabcut_click_trace(
     image: np.ndarray,
     gt: np.ndarray,
@@ -169,12 +189,16 @@ def evaluate_image(
     keep_example: bool = False,
     timing: dict[str, float] | None = None,
     traces: Sequence[points.ObjectTrace] | None = None,
+    zoom_box: ZoomInConfig | None = None,
+    zoom_clicks: ZoomInConfig | None = None,
 ) -> tuple[list[ObjectResult], dict[str, Any] | None]:
     """Every method on every object of one image.
 
     Args:
         traces: this image's click traces from an ``eval points`` run of the same model
             (:func:`segany.eval.points.open_for_reuse`); the click simulation is then skipped.
+        zoom_box: answer each box on a crop around it (:meth:`segany.zoom_in.ZoomIn.box`).
+        zoom_clicks: zoom-in for the click simulation (:func:`segany.eval.points.simulate_image`).
     Returns:
         (results, example): example (when ``keep_example``) holds the largest object's GT,
         box and the model's and GrabCut's box masks, for the report's figure.
@@ -188,8 +212,12 @@ def evaluate_image(
     predictor.set_image(image)  # once: the clicks and the boxes decode from the same embedding
     try:
         if traces is None:  # the click simulation first, so it runs exactly as in `eval points`
-            traces, _ = points.simulate_image(predictor, None, objects, "center", max_clicks=N_CLICKS)
-        box_ious, ex_model = model_box_ious(predictor, boxes, gts, ignore, keep=ex_idx)
+            traces, _ = points.simulate_image(predictor, None, objects, "center", max_clicks=N_CLICKS,
+                                              zoom_in=zoom_clicks, pixels=image)
+        if zoom_box is None:
+            box_ious, ex_model = model_box_ious(predictor, boxes, gts, ignore, keep=ex_idx)
+        else:
+            box_ious, ex_model = zoomed_box_ious(ZoomIn(predictor, zoom_box), image, boxes, gts, ignore, ex_idx)
     finally:
         predictor.reset_image()
     timing["model"] = timing.get("model", 0.0) + time.perf_counter() - t
@@ -361,8 +389,11 @@ class PromptsExperiment(runner.Experiment):
     name = "prompts"
     title = "Single-prompt and few-click mIoU: model vs classical baselines"
 
-    def __init__(self, predictor: SamPredictor, baselines: Baselines, clicks_from: Path | None = None) -> None:
+    def __init__(self, predictor: SamPredictor, baselines: Baselines, clicks_from: Path | None = None,
+                 zoom_box: ZoomInConfig | None = None, zoom_clicks: ZoomInConfig | None = None) -> None:
         self.predictor = predictor
+        self.zoom_box = zoom_box
+        self.zoom_clicks = zoom_clicks
         self.baselines = baselines
         self.clicks_from = clicks_from
         self.click_store: resume.ResumeStore | None = None
@@ -373,13 +404,16 @@ class PromptsExperiment(runner.Experiment):
     def start(self, ctx: runner.RunContext) -> None:
         super().start(ctx)
         if self.clicks_from is not None and not ctx.partial:
-            self.click_store = points.open_for_reuse(self.clicks_from, self.predictor, N_CLICKS)
+            self.click_store = points.open_for_reuse(self.clicks_from, self.predictor, N_CLICKS, self.zoom_clicks)
 
     def signature(self) -> dict[str, Any]:
         b = self.baselines
         return {"model": sampled_weights_digest(self.predictor.model), "baselines": sorted(b.methods),
                 "grabcut_iters": b.iters, "grabcut_box_context": b.box_context,
-                "grabcut_click_context": b.click_context, "seed": b.seed, "clicks": N_CLICKS}
+                "grabcut_click_context": b.click_context, "seed": b.seed, "clicks": N_CLICKS,
+                # (zoom settings only when on: records of earlier runs stay valid)
+                **{k: asdict(z) for k, z in (("zoom_box", self.zoom_box), ("zoom_clicks", self.zoom_clicks))
+                   if z is not None}}
 
     def key(self, dataset: str, index: int, item: EvalImage) -> str:
         return f"{item.dataset}/{item.image_id}"
@@ -398,7 +432,7 @@ class PromptsExperiment(runner.Experiment):
             b = self.baselines
             results, ex = evaluate_image(
                 self.predictor, pixels, objs, b.methods, b.iters, b.box_context, b.click_context, b.seed,
-                self.examples.get(dataset) is None, timing, traces,
+                self.examples.get(dataset) is None, timing, traces, self.zoom_box, self.zoom_clicks,
             )
             if self.examples.get(dataset) is None:
                 self.examples[dataset] = ex
@@ -465,6 +499,8 @@ class PromptsExperiment(runner.Experiment):
             "grabcut_click_radius_px": classical.CLICK_RADIUS,
             "grabcut_first_window": classical.FIRST_WINDOW,
             "seed": b.seed,
+            "zoom_box": None if self.zoom_box is None else asdict(self.zoom_box),
+            "zoom_clicks": None if self.zoom_clicks is None else asdict(self.zoom_clicks),
         }
 
     def _markdown(self, rows: dict[str, dict[str, Any]], names: list[str]) -> str:
@@ -484,6 +520,14 @@ class PromptsExperiment(runner.Experiment):
             f"first-click prior a square of {classical.FIRST_WINDOW:g} x the shorter image side, "
             f"{_where(b.click_context, 'the clicked region')}.\n\n"
         )
+        if self.zoom_box is not None:
+            z = self.zoom_box
+            md += (f"**Model box on crops** (`--zoom-box`): each box answered on a crop {z.expansion}x its size, at "
+                   f"least {z.min_crop_fraction:g} of the image's longer side (segany.zoom_in).\n\n")
+        if self.zoom_clicks is not None:
+            z = self.zoom_clicks
+            md += (f"**Model clicks with zoom-in** (`--zoom-in`) from click {z.skip_clicks + 1}: crops "
+                   f"{z.expansion}x the object's box (segany.zoom_in).\n\n")
         header = ["data set", "images", "objects"] + [h for _, h in COLUMNS]
         table = []
         for name, r in rows.items():
@@ -520,6 +564,8 @@ def run(
     resume_run: bool = True,
     partial: bool = False,
     clicks_from: Path | None = None,
+    zoom_box: ZoomInConfig | None = None,
+    zoom_clicks: ZoomInConfig | None = None,
 ) -> dict[str, Any]:
     """Evaluate every data set; write ``report.json``, ``report.md``, ``miou_by_prompt.png`` and ``example_<set>.png``.
 
@@ -528,9 +574,10 @@ def run(
     finished so far, computing nothing. ``clicks_from``: the folder of an ``eval points`` run
     of the same model with centre first clicks; the model's click columns of every image it
     finished are read from its records (the same simulation, so the same numbers) and only
-    the box prompts and the baselines are computed.
+    the box prompts and the baselines are computed. ``zoom_box`` / ``zoom_clicks``: answer
+    boxes / later clicks on crops (:mod:`segany.zoom_in`).
     """
     settings = Baselines(tuple(baselines), grabcut_iters, grabcut_box_context, grabcut_click_context, seed)
-    experiment = PromptsExperiment(predictor, settings, clicks_from)
+    experiment = PromptsExperiment(predictor, settings, clicks_from, zoom_box, zoom_clicks)
     options = runner.RunOptions(out_dir, model_info, command, show_progress, resume_run, partial)
     return runner.run(experiment, datasets, options)
