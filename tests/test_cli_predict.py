@@ -42,9 +42,29 @@ def test_predict_all_masks_with_box(image_file, tmp_path, capsys):
     assert [p.rsplit("_", 1)[-1] for p in result["masks"]] == ["0.png", "1.png", "2.png"]
 
 
+def test_predict_box_zoom_in_matches_the_python_api(image_file, tmp_path, capsys):
+    """--zoom-in with a box: one mask, exactly segany.zoom_in.ZoomIn.box's, and the crop it used."""
+    from segany import SamPredictor
+    from segany.default_model import load_default_model
+    from segany.zoom_in import BOX_ZOOM, ZoomIn
+
+    out = tmp_path / "z.png"
+    assert main(["predict", str(image_file), "--box", "20,10,40,30", "--zoom-in", "--out", str(out)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert len(result["scores"]) == 1 and len(result["zoom_crop_xyxy"]) == 4
+    image = np.asarray(Image.open(image_file).convert("RGB"))
+    want, score, track = ZoomIn(SamPredictor(load_default_model(warn=False)), BOX_ZOOM).box(
+        image, np.array([20.0, 10.0, 40.0, 30.0]))
+    assert np.array_equal(np.asarray(Image.open(out)) > 0, want)
+    assert result["scores"][0] == pytest.approx(score, abs=1e-6)
+    assert result["zoom_crop_xyxy"] == list(track.box)
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
+        (["--point", "10,10", "--zoom-in"], "--zoom-in works with a --box alone"),
+        (["--point", "10,10", "--box", "5,5,20,20", "--zoom-in"], "--zoom-in works with a --box alone"),
         (["--point", "1000,10"], "outside"),
         (["--box", "50,5,10,40"], "x1 < x0"),
         ([], "give at least one"),

@@ -63,6 +63,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overlay", default=None, help="overlay PNG path (default: <out>_overlay.png)")
     p.add_argument("--all", action="store_true", help="write all three multimask outputs (<out>_0.png ...)")
     p.add_argument("--single", action="store_true", help="ask for one mask instead of three (several prompts)")
+    p.add_argument("--zoom-in", action="store_true",
+                   help="with --box alone: answer on a crop around the box, re-encoded at full input resolution "
+                   "(helps small objects; one more encoder pass; see docs/evaluation.md)")
     add_model_args(p)
     p.set_defaults(func=run)
 
@@ -70,7 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def output_paths(args: argparse.Namespace) -> tuple[list[Path], Path]:
     """The mask paths (ranked) and the overlay path this run will write."""
     out = Path(args.out)
-    n_masks = 1 if args.single else 3
+    n_masks = 1 if args.single or getattr(args, "zoom_in", False) else 3
     if args.all:
         masks = [out.with_name(f"{out.stem}_{rank}{out.suffix or '.png'}") for rank in range(n_masks)]
     else:
@@ -92,6 +95,9 @@ def _check_prompts(args: argparse.Namespace) -> None:
             raise ValueError(f"--point label must be 1 (foreground), 0 (background) or -1 (ignored), got {label}")
     if args.box is not None and not all(math.isfinite(v) for v in args.box):
         raise ValueError(f"--box {','.join(f'{v:g}' for v in args.box)} has a non-finite coordinate")
+    if getattr(args, "zoom_in", False) and (args.box is None or args.point):
+        raise ValueError("--zoom-in works with a --box alone (no --point): clicks zoom over several clicks, "
+                         "see segany.zoom_in.ZoomIn.click")
 
 
 def _check_prompts_fit(args: argparse.Namespace, width: int, height: int) -> None:
@@ -128,16 +134,25 @@ def run(args: argparse.Namespace) -> int:
     model = load_model_from_args(args)
     predictor = SamPredictor(model)
     t0 = time.perf_counter()
-    predictor.set_image(image)
+    if not args.zoom_in:  # zoom-in encodes its crop instead of the whole image
+        predictor.set_image(image)
     t1 = time.perf_counter()
     coords = labels = None
     if args.point:
         coords = np.array([[x, y] for x, y, _ in args.point], dtype=float)
         labels = np.array([lab for _, _, lab in args.point])
     box = np.array(args.box, dtype=float) if args.box is not None else None
-    masks, scores, _ = predictor.predict(
-        point_coords=coords, point_labels=labels, box=box, multimask_output=not args.single
-    )
+    if args.zoom_in:
+        from ..zoom_in import BOX_ZOOM, ZoomIn
+
+        assert box is not None
+        zoomed, zoom_score, track = ZoomIn(predictor, BOX_ZOOM).box(image, box)
+        masks, scores = zoomed[None], np.array([zoom_score])
+        crop = [int(v) for v in track.box or ()]
+    else:
+        masks, scores, _ = predictor.predict(
+            point_coords=coords, point_labels=labels, box=box, multimask_output=not args.single
+        )
     t2 = time.perf_counter()
     scores = np.asarray(scores, dtype=np.float64)
     # Non-finite scores (a broken checkpoint, an overflow in half precision) must not decide
@@ -171,6 +186,8 @@ def run(args: argparse.Namespace) -> int:
         "model_trained": bool(getattr(model, "is_trained", True)),
         "seconds": {"embedding": round(t1 - t0, 3), "decoder": round(t2 - t1, 4)},
     }
+    if args.zoom_in:  # the crop's encoder pass is inside "decoder"
+        result["zoom_crop_xyxy"] = crop
     print(json.dumps(result, indent=2, allow_nan=False))
     return 0
 
