@@ -385,7 +385,7 @@ def test_zoomed_boxes_and_clicks_in_eval_prompts(tmp_path: Path, default_predict
     assert [o["model_clicks"] for o in got["per_object"]["synthetic"]] == want_clicks
     assert got["settings"]["zoom_box"]["expansion"] == BOX_ZOOM.expansion
     assert "Model box on crops" in (tmp_path / "z" / "report.md").read_text()
-    assert "**Zoom-in** from click 2" in (tmp_path / "pts" / "report.md").read_text()
+    assert f"**Zoom-in** from click {cfg.skip_clicks + 1}" in (tmp_path / "pts" / "report.md").read_text()
     # the zoomed points run serves a zoomed prompts run, and refuses a plain one
     points.open_for_reuse(tmp_path / "pts", default_predictor, prompts.N_CLICKS, cfg)
     with pytest.raises(ValueError, match="zoom_in="):

@@ -23,7 +23,7 @@ def _disk(h: int, w: int, cx: float, cy: float, r: float) -> np.ndarray:
 def test_object_box_expands_about_the_centre_and_keeps_min_size() -> None:
     mask = np.zeros((400, 600), bool)
     mask[100:200, 200:400] = True  # 200 wide, 100 high
-    cfg = ZoomInConfig(expansion=1.5, min_crop=180)
+    cfg = ZoomInConfig(expansion=1.5, min_crop=180, min_crop_fraction=0.0)
     x0, y0, x1, y1 = object_box(mask, np.zeros((0, 2)), np.zeros(0), cfg)
     assert (x0, x1) == (150, 450)  # 300 wide about x = 300
     assert (y0, y1) == (60, 240)  # 150 high -> the 180 px minimum about y = 150
@@ -37,12 +37,21 @@ def test_object_box_expands_about_the_centre_and_keeps_min_size() -> None:
 def test_object_box_is_shifted_inside_and_falls_back_to_the_image() -> None:
     mask = np.zeros((300, 300), bool)
     mask[:20, :20] = True
-    x0, y0, x1, y1 = object_box(mask, np.zeros((0, 2)), np.zeros(0), ZoomInConfig(min_crop=100))
+    x0, y0, x1, y1 = object_box(mask, np.zeros((0, 2)), np.zeros(0), ZoomInConfig(min_crop=100, min_crop_fraction=0.0))
     assert (x0, y0, x1, y1) == (0, 0, 100, 100)  # kept at its size, shifted into the image
     empty = np.zeros((50, 70), bool)
     assert object_box(empty, np.zeros((0, 2)), np.zeros(0), ZoomInConfig()) == (0, 0, 70, 50)
     big = ZoomInConfig(min_crop=10_000)  # larger than the image: clipped to it
     assert object_box(mask, np.zeros((0, 2)), np.zeros(0), big) == (0, 0, 300, 300)
+
+
+def test_min_crop_fraction_keeps_large_objects_unzoomed() -> None:
+    mask = np.zeros((300, 600), bool)
+    mask[100:120, 100:130] = True  # 30 x 20
+    cfg = ZoomInConfig(expansion=2.0, min_crop=10, min_crop_fraction=0.5)
+    x0, y0, x1, y1 = object_box(mask, np.zeros((0, 2)), np.zeros(0), cfg)
+    assert (x1 - x0, y1 - y0) == (300, 300)  # half the longer side, both ways (clipped to 300 rows)
+    assert cfg.min_side(300, 600) == 300.0
 
 
 def test_box_iou() -> None:
