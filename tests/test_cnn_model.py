@@ -113,6 +113,55 @@ def test_crops_keep_masks_on_their_pixels(coded_folder):
     assert checked > 5
 
 
+def test_object_zoom_crops_centre_one_object_at_zoom_in_scale(coded_folder):
+    """An object-zoom crop keeps masks on their pixels, holds the object's centre in its middle half
+    at 1/e of the input side, and always trains on that object."""
+    config = CropConfig(crop=128, hflip=0.5, color_jitter=0.0, copy_paste=0.0, min_mask_px=1, max_masks=8,
+                        object_zoom=1.0, object_zoom_range=(1.5, 2.5), object_zoom_max=10.0, max_area_frac=1.0)
+    data = CropDataset([coded_folder], img_size=256, config=config)
+    rng = np.random.default_rng(4)
+    for k in range(8):
+        sample = data.load(k % len(data), rng)
+        red = sample.image[0].numpy() >= 128
+        masks = sample.masks.numpy()
+        assert len(masks) >= 1
+        for mask in masks:
+            assert (mask & red).sum() / max(mask.sum(), 1) > 0.97
+        # some mask's box centre lies in the middle half of the window (the zoomed object, maybe clipped)
+        centres = []
+        for mask in masks:
+            ys, xs = np.nonzero(mask)
+            centres.append(((xs.min() + xs.max()) / 2, (ys.min() + ys.max()) / 2))
+        assert any(20 <= cx <= 108 and 20 <= cy <= 108 for cx, cy in centres)
+
+
+def test_object_zoom_scale_and_cap():
+    """The map scales the object's box side to input side / e, capped at object_zoom_max x the whole-image scale."""
+    import types
+
+    data = types.SimpleNamespace(img_size=512, config=CropConfig(crop=256, hflip=0.0, object_zoom=1.0,
+                                                                   object_zoom_range=(2.0, 2.0), object_zoom_max=4.0))
+    m = CropDataset._zoom_matrix(data, 400, 600, (100.0, 100.0, 300.0, 200.0), np.random.default_rng(0))
+    assert m[0, 0] == pytest.approx(512 / (200 * 2.0))  # box side 200 -> 256 px
+    cx = 200 * m[0, 0] + m[0, 2] - 0.5 * m[0, 0] + 0.5  # the box centre in the window (pixel-centre convention)
+    assert 0.25 * 256 <= cx <= 0.75 * 256
+    tiny = CropDataset._zoom_matrix(data, 400, 600, (10.0, 10.0, 14.0, 14.0), np.random.default_rng(0))
+    assert tiny[0, 0] == pytest.approx(4.0 * 512 / 600)  # capped
+
+
+def test_object_zoom_off_keeps_the_random_stream(coded_folder):
+    """object_zoom=0 draws no extra random numbers: crops of earlier configs are unchanged."""
+    from segany.data.crops import _warp
+    from segany.image_io import load_image
+
+    off = CropDataset([coded_folder], 256, CropConfig(crop=128, object_zoom=0.0, color_jitter=0.0, copy_paste=0.0))
+    sample = off.load(1, np.random.default_rng(7))
+    image = load_image(off.record(1).image_path)
+    # the first draws are the whole-image map's, as before object zoom existed
+    m = off._matrix(*image.shape[:2], np.random.default_rng(7))
+    assert np.array_equal(sample.image.permute(1, 2, 0).numpy(), _warp(image, m, 128).astype(np.float32))
+
+
 def test_copy_paste_adds_an_occluding_object(coded_folder):
     config = CropConfig(crop=128, scale=(1.0, 1.0), hflip=0.0, color_jitter=0.0, copy_paste=1.0, min_mask_px=1, max_masks=8)
     data = CropDataset([coded_folder], img_size=256, config=config)

@@ -150,6 +150,10 @@ class DataSection:
     copy_paste: float = 0.3
     candidates: int = 24
     min_mask_px: int = 48
+    # crops centred on one object at zoom-in's scales (data/crops.py: CropConfig.object_zoom)
+    object_zoom: float = 0.0
+    object_zoom_range: tuple[float, float] = (1.4, 3.0)
+    object_zoom_max: float = 4.0
     holdout_every: int = 0  # N > 0: every N-th image of each folder is the validation set, never trained on
 
     def root_list(self) -> list[Any]:
@@ -397,7 +401,8 @@ class Trainer:
             self.dataset = CropDataset(roots, self.sam.img_size, CropConfig(
                 crop=dcfg.crop, scale=dcfg.scale, hflip=dcfg.hflip, color_jitter=dcfg.color_jitter,
                 copy_paste=dcfg.copy_paste, max_masks=dcfg.max_masks, candidates=dcfg.candidates,
-                min_mask_px=dcfg.min_mask_px, max_area_frac=dcfg.max_area_frac,
+                min_mask_px=dcfg.min_mask_px, max_area_frac=dcfg.max_area_frac, object_zoom=dcfg.object_zoom,
+                object_zoom_range=tuple(dcfg.object_zoom_range), object_zoom_max=dcfg.object_zoom_max,
             ), holdout_every=dcfg.holdout_every)
         else:
             self.dataset = SA1BDataset(
