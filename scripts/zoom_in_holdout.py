@@ -2,6 +2,7 @@
 
     python scripts/zoom_in_holdout.py folder [--train runs/sa1b_train] [--out runs/holdout_photos]
     python scripts/zoom_in_holdout.py boxes 2.5:0.33 1.8:0.5 ...   (expansion:min_crop_fraction)
+    python scripts/zoom_in_holdout.py click2 [--weights W]        (the second click, whole image vs crop)
     python scripts/zoom_in_holdout.py plot runs/zoom_tune/base runs/zoom_tune/zoom ... --out docs/zoom_in_holdout.png
 
 ``folder`` writes an SA-1B folder of the photo sources' held-out records (the training config's
@@ -9,8 +10,10 @@
 it): objects of at least 400 px, at most 6 an image (seeded), images symlinked. Click settings
 are then compared with ``segany eval points --datasets sa1b:runs/holdout_photos [--zoom-in ...]``
 (scripts/zoom_in_holdout.sh runs the ones in docs/evaluation.md). ``boxes`` scores box prompts
-on that folder on the whole image and on crops; ``plot`` draws mIoU against clicks for finished
-``eval points`` folders.
+on that folder on the whole image and on crops; ``click2`` the second click (at the first
+mask's deepest error) on the whole image, on zoom-in's default crop and on the crop of the
+ground-truth box; ``plot`` draws mIoU against clicks for finished ``eval points`` folders.
+``--weights`` (boxes, click2): another checkpoint than the shipped default.
 """
 
 from __future__ import annotations
@@ -55,22 +58,63 @@ def build_folder(train: Path, out: Path) -> None:
     print(f"{images} images, {objects} objects in {out}")
 
 
-def score_boxes(folder: Path, settings: list[str]) -> None:
+def _predictor(weights: Path | None):
     import torch
 
     from segany import SamPredictor
     from segany.default_model import load_default_model
+    from segany.modeling.build import build_model
+
+    torch.set_num_threads(1)
+    return SamPredictor(load_default_model(warn=False) if weights is None else build_model("auto", str(weights)).eval())
+
+
+def score_click2(folder: Path, weights: Path | None) -> None:
+    import torch
+
+    from segany.eval import clicks
+    from segany.eval.datasets import sa1b_folder
+    from segany.zoom_in import ZoomIn, ZoomInConfig, object_box
+
+    predictor = _predictor(weights)
+    rows: dict[str, list[float]] = {"whole image": [], "zoom-in crop": [], "ground-truth box crop": []}
+    for im in sa1b_folder(folder, "holdout"):
+        image, objs = im.image(), im.objects()
+        predictor.set_image(image)
+        for gt in objs.masks:
+            c1 = clicks.first_click(gt, "center", np.random.default_rng(0), None)
+            masks, scores, low = predictor.predict(np.array([c1], float), np.array([1]))
+            k = int(np.argmax(scores))
+            nxt = clicks.next_click(masks[k], gt, None)
+            if nxt is None:
+                continue
+            pts, labs = np.array([c1, nxt[:2]], float), np.array([1, nxt[2]])
+            whole = predictor.predict(pts, labs, mask_input=low[k : k + 1], multimask_output=False)[0][0]
+            rows["whole image"].append(clicks.iou(whole, gt, None))
+            zoom = ZoomIn(predictor, ZoomInConfig(skip_clicks=0))
+            rows["zoom-in crop"].append(clicks.iou(zoom.click(image, zoom.track(torch.as_tensor(low[k : k + 1])),
+                                                              pts, labs)[0], gt, None))
+            fixed = ZoomIn(predictor, ZoomInConfig(skip_clicks=0, recompute_iou=0.0))
+            track = fixed.track(torch.as_tensor(low[k : k + 1]))
+            track.box = object_box(gt, pts, labs, fixed.config)
+            x0, y0, x1, y1 = track.box
+            track.state = predictor.embed(np.ascontiguousarray(image[y0:y1, x0:x1]))
+            rows["ground-truth box crop"].append(clicks.iou(fixed.click(image, track, pts, labs)[0], gt, None))
+    for name, v in rows.items():
+        print(f"click 2, {name}: mIoU {100 * np.mean(v):.1f} ({len(v)} objects)")
+
+
+def score_boxes(folder: Path, settings: list[str], weights: Path | None = None) -> None:
     from segany.eval import clicks
     from segany.eval.datasets import sa1b_folder, size_class
     from segany.eval.prompts import tight_box
     from segany.zoom_in import ZoomIn, ZoomInConfig
 
-    torch.set_num_threads(1)
     configs = {"whole image": None}
     for s in settings:
         e, f = (float(v) for v in s.split(":"))
         configs[f"{e:g}x, >= {f:g} of the image"] = ZoomInConfig(expansion=e, min_crop=64, min_crop_fraction=f)
-    predictor = SamPredictor(load_default_model(warn=False))
+    predictor = _predictor(weights)
     ious: dict[str, list[float]] = {k: [] for k in configs}
     sizes: list[str] = []
     for im in sa1b_folder(folder, "holdout"):
@@ -132,6 +176,10 @@ def main() -> None:
     b = sub.add_parser("boxes")
     b.add_argument("settings", nargs="*", default=["2.5:0.33"])
     b.add_argument("--folder", type=Path, default=Path("runs/holdout_photos"))
+    b.add_argument("--weights", type=Path, default=None)
+    c = sub.add_parser("click2")
+    c.add_argument("--folder", type=Path, default=Path("runs/holdout_photos"))
+    c.add_argument("--weights", type=Path, default=None)
     p = sub.add_parser("plot")
     p.add_argument("folders", type=Path, nargs="+")
     p.add_argument("--out", type=Path, default=Path("docs/zoom_in_holdout.png"))
@@ -139,7 +187,9 @@ def main() -> None:
     if args.cmd == "folder":
         build_folder(args.train, args.out)
     elif args.cmd == "boxes":
-        score_boxes(args.folder, args.settings)
+        score_boxes(args.folder, args.settings, args.weights)
+    elif args.cmd == "click2":
+        score_click2(args.folder, args.weights)
     else:
         plot(args.folders, args.out)
 
