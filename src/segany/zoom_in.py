@@ -109,13 +109,20 @@ def object_box(
     ys = np.concatenate([ys.astype(np.float64), pos[:, 1]])
     if len(xs) == 0:  # nothing to zoom on: the whole image
         return 0, 0, w, h
-    cx, cy = (xs.min() + xs.max() + 1) / 2, (ys.min() + ys.max() + 1) / 2
+    return expand_box((xs.min(), ys.min(), xs.max() + 1, ys.max() + 1), (h, w), config)
+
+
+def expand_box(
+    extent: tuple[float, float, float, float], size: tuple[int, int], config: ZoomInConfig
+) -> tuple[int, int, int, int]:
+    """An x0, y0, x1, y1 extent (exclusive ends) expanded about its centre, at least
+    :meth:`ZoomInConfig.min_side` a side, clipped to an image of ``size`` (h, w)."""
+    h, w = size
+    x0, y0, x1, y1 = (float(v) for v in extent)
     least = config.min_side(h, w)
-    bw = max((xs.max() - xs.min() + 1) * config.expansion, least)
-    bh = max((ys.max() - ys.min() + 1) * config.expansion, least)
-    x0, x1 = _span(cx, bw, w)
-    y0, y1 = _span(cy, bh, h)
-    return x0, y0, x1, y1
+    cx0, cx1 = _span((x0 + x1) / 2, max((x1 - x0) * config.expansion, least), w)
+    cy0, cy1 = _span((y0 + y1) / 2, max((y1 - y0) * config.expansion, least), h)
+    return cx0, cy0, cx1, cy1
 
 
 def _span(centre: float, size: float, limit: int) -> tuple[int, int]:
@@ -215,8 +222,8 @@ class ZoomIn:
         p = self.predictor
         h, w = image.shape[:2]
         b = np.asarray(box, dtype=np.float64).reshape(4)
-        corners = np.array([[b[0], b[1]], [b[2], b[3]]])
-        crop = object_box(np.zeros((h, w), bool), corners, np.ones(2), self.config)
+        # (the box's last row and column are inclusive, as SAM's boxes from masks)
+        crop = expand_box((b[0], b[1], b[2] + 1, b[3] + 1), (h, w), self.config)
         x0, y0, x1, y1 = crop
         state = p.embed(np.ascontiguousarray(image[y0:y1, x0:x1]))
         local = (b.reshape(2, 2) - np.array([x0, y0], dtype=np.float64)).reshape(1, 4)

@@ -250,11 +250,8 @@ class ClickExperiment(runner.Experiment):
         self.examples: dict[str, list[dict[str, Any]]] = {}  # data set -> example objects (with pixels)
 
     def signature(self) -> dict[str, Any]:
-        # (feed_mask only when off: records of earlier runs, all with the mask fed back, stay valid)
-        extra: dict[str, Any] = {} if self.feed_mask else {"feed_mask": False}
-        if self.zoom_in is not None:  # (likewise only when on)
-            extra["zoom_in"] = asdict(self.zoom_in)
-        return _signature(self.predictor, first=self.first, max_clicks=self.max_clicks, seed=self.seed, **extra)
+        return _signature(self.predictor, first=self.first, max_clicks=self.max_clicks, seed=self.seed,
+                          **_non_default(self.feed_mask, self.zoom_in))
 
     def key(self, dataset: str, index: int, item: EvalImage) -> str:
         return record_key(index, item)
@@ -357,6 +354,15 @@ def _signature(predictor: SamPredictor, **settings: Any) -> dict[str, Any]:
     return {"model": sampled_weights_digest(predictor.model), "clicks": CLICK_COUNTS, "noc": NOC_THRESHOLDS, **settings}
 
 
+def _non_default(feed_mask: bool, zoom_in: ZoomInConfig | None) -> dict[str, Any]:
+    """The signature fields of settings away from their defaults, and only those: records of
+    earlier runs, made before the settings existed (mask fed back, no zoom), stay valid."""
+    out: dict[str, Any] = {} if feed_mask else {"feed_mask": False}
+    if zoom_in is not None:
+        out["zoom_in"] = asdict(zoom_in)
+    return out
+
+
 def record_key(idx: int, im: EvalImage) -> str:
     """The store key of image ``im``, the ``idx``-th of its data set's (possibly subsampled) list."""
     return f"{im.dataset}/{idx}/{im.image_id}"
@@ -381,8 +387,7 @@ def open_for_reuse(out_dir: Path, predictor: SamPredictor, min_clicks: int,
         raise ValueError(f"no `segany eval points` records in {out_dir} ({sig_path}: {e})") from e
     # every field of the signature must match, except the click cap (checked below) and the
     # seed (centre first clicks draw no random numbers)
-    extra = {} if zoom_in is None else {"zoom_in": asdict(zoom_in)}
-    want = report._jsonable(_signature(predictor, first="center", **extra))
+    want = report._jsonable(_signature(predictor, first="center", **_non_default(True, zoom_in)))
     bad = [f"{k}={sig.get(k)!r} (need {v!r})" for k, v in want.items() if sig.get(k) != v]
     # settings recorded only when not the default (feed_mask off, zoom-in on) must be absent
     bad += [f"{k}={sig[k]!r} (need none)" for k in sorted(set(sig) - set(want) - {"max_clicks", "seed"})]
