@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--start-hours", type=float, default=0.0,
                     help="compute hours of earlier pieces whose logs are gone (a run restarted with --init-from)")
     ap.add_argument("--start-step", type=int, default=0, help="steps of those earlier pieces (added to the step count)")
+    ap.add_argument("--compute", default="CPU-core hours",
+                    help="what the step times measure, for the x axis (a GPU run: 'H200 hours')")
     args = ap.parse_args(argv)
     rows = _read(args.run / "metrics.jsonl")
     if not rows:
@@ -68,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     val = [v for v in _read(args.run / "val.jsonl") if v["step"] in step_hours]
     fig, (ax_loss, ax_iou) = plt.subplots(1, 2, figsize=(12, 4.5))
     ax_loss.plot(hours, _smooth([r["loss"] for r in rows], args.window), color="tab:red")
-    ax_loss.set_xlabel("training compute (CPU-core hours)")
+    ax_loss.set_xlabel(f"training compute ({args.compute})")
     ax_loss.set_ylabel(f"train loss (running mean of {args.window} steps)")
     ax_loss.grid(alpha=0.3)
     ax_iou.plot(hours, _smooth([r["iou_first_selected"] for r in rows], args.window), label="train: first prompt", alpha=0.8)
@@ -77,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         vh = [step_hours[v["step"]] for v in val]
         for key, label in (("val_point", "held-out: 1 point"), ("val_box", "held-out: box"), ("val_3clicks", "held-out: 3 clicks")):
             ax_iou.plot(vh, [v[key] for v in val], marker="o", label=label)
-    ax_iou.set_xlabel("training compute (CPU-core hours)")
+    ax_iou.set_xlabel(f"training compute ({args.compute})")
     ax_iou.set_ylabel("IoU")
     ax_iou.set_ylim(0, 1)
     ax_iou.grid(alpha=0.3)

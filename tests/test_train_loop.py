@@ -146,3 +146,28 @@ def test_cli_train(one_image, tmp_path, capsys):
     assert main(["train", str(path), "--resume", "--steps", "2"]) == 0
     assert [r["step"] for r in _log(tmp_path / "run")] == [1, 2]
     assert main(["train", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_loader_threads_and_prefetch_change_nothing(one_image, tmp_path):
+    """loader_workers (with the next step's samples prepared while a step computes, the GPU
+    script's setting) reproduces the single-threaded run's loss sequence exactly."""
+    plain = _config(one_image, tmp_path / "plain", steps=3)
+    Trainer(plain, show_progress=False, sam=narrow_sam()).run()
+    threaded = _config(one_image, tmp_path / "threaded", steps=3, loader_workers=2)
+    Trainer(threaded, show_progress=False, sam=narrow_sam()).run()
+    a, b = _log(tmp_path / "plain"), _log(tmp_path / "threaded")
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]
+    assert [r["masks"] for r in a] == [r["masks"] for r in b]
+
+
+def test_final_decay_minutes_drops_the_lr_for_the_end_of_a_timed_run(one_image, tmp_path):
+    """With max_minutes, the last final_decay_minutes run at lr x decay_factor (here the whole
+    run: the drop starts after the first step, which is logged at the full lr)."""
+    cfg = _config(one_image, tmp_path / "run", steps=3, max_minutes=60.0, final_decay_minutes=60.0)
+    Trainer(cfg, show_progress=False, sam=narrow_sam()).run()
+    lrs = [r["lr"] for r in _log(tmp_path / "run")]
+    assert lrs[0] == pytest.approx(1e-3)
+    assert lrs[1:] == pytest.approx([1e-4, 1e-4])
+    off = _config(one_image, tmp_path / "off", steps=3, max_minutes=60.0, final_decay_minutes=1.0)
+    Trainer(off, show_progress=False, sam=narrow_sam()).run()
+    assert [r["lr"] for r in _log(tmp_path / "off")] == pytest.approx([1e-3] * 3)

@@ -180,6 +180,9 @@ class TrainSection:
     val_every_steps: int | None = None  # score the held-out images (data.holdout_every) this often
     val_limit: int | None = None  # at most this many held-out images per validation
     loader_workers: int = 0  # threads preparing crops (GPU runs); 0 = in the training thread
+    # with max_minutes: the last this many minutes run at lr x optim.decay_factor. A time-capped
+    # run (the GPU script) cannot know its step count ahead, yet every piece should end with a drop
+    final_decay_minutes: float | None = None
 
 
 @dataclass(frozen=True)
@@ -386,7 +389,10 @@ class Trainer:
         self.rank, self.world = _rank_world()
         self.device = _device(tcfg.device)
         if self.device.type == "cuda":
+            if self.device.index is None:  # "cuda": this process's GPU (set_device needs an index)
+                self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
             torch.cuda.set_device(self.device)
+            torch.backends.cudnn.benchmark = True  # fixed crop sizes: pick the fastest conv kernels once
         self.out_dir = Path(tcfg.out_dir)
         self.ckpt_path = self.out_dir / "checkpoint.pt"
         self.metrics_path = self.out_dir / "metrics.jsonl"
@@ -419,6 +425,12 @@ class Trainer:
             from concurrent.futures import ThreadPoolExecutor
 
             self._pool = ThreadPoolExecutor(tcfg.loader_workers, thread_name_prefix="segany-load")
+            # one more thread prepares the next step's crops while this step computes (a GPU
+            # otherwise idles while the loaders work); a separate executor, so a step's map
+            # over the pool never waits behind itself
+            self._feeder = ThreadPoolExecutor(1, thread_name_prefix="segany-feed")
+        self._ahead: dict[int, Any] = {}
+        self._late_decay = False
         self.val_set = None
         if dcfg.holdout_every and tcfg.val_every_steps:
             from .validation import validation_set
@@ -473,6 +485,17 @@ class Trainer:
             rng = np.random.default_rng(seed)
             loaded = [self._load_one(i, rng) for i in indices]
         return [s for s in loaded if s is not None]
+
+    def _step_samples(self) -> list[TrainSample | CropSample]:
+        """This step's samples; with loader threads, the next step's are started before
+        returning. Samples depend only on the step number, so prefetching changes nothing."""
+        if self._pool is None:
+            return self._samples(self.step)
+        future = self._ahead.pop(self.step, None)
+        if future is None:
+            future = self._feeder.submit(self._samples, self.step)
+        self._ahead = {self.step + 1: self._feeder.submit(self._samples, self.step + 1)}
+        return future.result()
 
     # ---------------------------------------------------------------- checkpoints
     def save(self) -> None:
@@ -538,7 +561,7 @@ class Trainer:
         seed = _step_seed(self.config.train.seed, self.step, self.rank)
         torch.manual_seed(seed)  # drop path and anything else using the global RNG
         generator = torch.Generator().manual_seed(seed)
-        samples = self._samples(self.step)
+        samples = self._step_samples()
         self.sam.train()
         t0 = time.perf_counter()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.train.bf16):
@@ -550,6 +573,9 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.sam.parameters(), clip)
         self.optimizer.step()
         self.scheduler.step()
+        if self._late_decay:  # LambdaLR sets lr from the base each step: scale it again
+            for group in self.optimizer.param_groups:
+                group["lr"] *= self.config.optim.decay_factor
         self.step += 1
         metrics = {k: float(v.detach()) for k, v in out.items()}
         metrics["lr"] = float(self.optimizer.param_groups[0]["lr"])
@@ -612,8 +638,16 @@ class Trainer:
                 if due_steps or due_time:
                     self.save()
                     last_save = time.time()
-                if tcfg.max_minutes is not None and time.time() - start >= 60 * tcfg.max_minutes:
+                elapsed = time.time() - start
+                if tcfg.max_minutes is not None and elapsed >= 60 * tcfg.max_minutes:
                     break
+                if (
+                    tcfg.max_minutes is not None and tcfg.final_decay_minutes
+                    and not self._late_decay and elapsed >= 60 * (tcfg.max_minutes - tcfg.final_decay_minutes)
+                ):
+                    self._late_decay = True
+                    for group in self.optimizer.param_groups:
+                        group["lr"] *= self.config.optim.decay_factor
             self.save()
         finally:
             bar.close()
