@@ -6,6 +6,13 @@ checks the outputs agree.
 
     python benchmarks/bench_predictor.py                 # real photo from ../shared/data
     python benchmarks/bench_predictor.py --size 1200x1800 --repeats 50
+    python benchmarks/bench_predictor.py --device cuda --half --compile   # a GPU: + bf16 and compiled rows
+
+On CUDA every timed call ends with ``torch.cuda.synchronize()`` (``set_image`` returns before
+the encoder's kernels finish). ``--half`` adds segany with the model in bfloat16 (decoder in
+float32, the predictor's default for half models) and ``--compile`` segany with
+``torch.compile`` on the encoder (bf16 too when ``--half``); their rows compare with the
+float32 reference and report how far their masks are from it (these change results: opt-in).
 
 The official package is the reference oracle only; it is imported from the test tree with
 the torchvision stand-in. Both use the same torch thread count.
@@ -67,8 +74,16 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=30, help="predict calls per case (median reported)")
     ap.add_argument("--set-image-repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--half", action="store_true", help="also time segany with the model in bfloat16")
+    ap.add_argument("--compile", action="store_true", help="also time segany with a compiled encoder")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
 
     image, name = load_photo(args.size)
     h, w = image.shape[:2]
@@ -77,10 +92,28 @@ def main() -> None:
     ref_model.load_state_dict(state)
     ours_model = build_model("vit_b")
     ours_model.load_state_dict(state)
-    ref = ref_pkg.SamPredictor(ref_model)
-    ours = SamPredictor(ours_model)
+    ref = ref_pkg.SamPredictor(ref_model.to(device))
+    ours = SamPredictor(ours_model.to(device))
+    extra: dict[str, SamPredictor] = {}
+    if args.half:
+        half = build_model("vit_b")
+        half.load_state_dict(state)
+        extra["segany bf16"] = SamPredictor(half.to(device, torch.bfloat16))
+    if args.compile:
+        from segany.modeling.compile import compile_image_encoder
 
-    print(f"image: {name} ({h}x{w}); model: ViT-B (random weights, identical in both); threads: {args.threads}")
+        comp = build_model("vit_b")
+        comp.load_state_dict(state)
+        comp = comp.to(device, torch.bfloat16) if args.half else comp.to(device)
+        label = "segany compiled" + (" bf16" if args.half else "")
+        extra[label] = SamPredictor(compile_image_encoder(comp))
+        t0 = time.perf_counter()
+        extra[label].set_image(image)
+        sync()
+        print(f"{label}: first set_image (compiles) {time.perf_counter() - t0:.1f} s")
+
+    where = f"device: {torch.cuda.get_device_name(device)}" if device.type == "cuda" else f"threads: {args.threads}"
+    print(f"image: {name} ({h}x{w}); model: ViT-B (random weights, identical in both); {where}")
     rows = []
     # Interleave the two implementations so background load hits both alike. Wall-clock
     # medians are what the user sees; process CPU time (all threads) is also reported
@@ -91,6 +124,7 @@ def main() -> None:
         for key, pred in (("ref", ref), ("ours", ours)):
             w0, c0 = time.perf_counter(), time.process_time()
             pred.set_image(image)
+            sync()
             walls[key].append(time.perf_counter() - w0)
             cpus[key].append(time.process_time() - c0)
     rows.append(("set_image (s)", walls, cpus, 1.0))
@@ -120,6 +154,19 @@ def main() -> None:
         o = ours.predict(**kw, return_logits=True)
         max_diff[label] = max(float(np.abs(a - b).max()) for a, b in zip(r, o))
 
+    extra_rows = []
+    for label, pred in extra.items():
+        pred.set_image(image)  # warm-up
+        sync()
+        t_set = timed(lambda pred=pred: (pred.set_image(image), sync()), args.set_image_repeats, warmup=1)
+        kw = cases["predict 1 point, multimask (ms)"]
+        t_pred = timed(lambda pred=pred, kw=kw: pred.predict(**kw), args.repeats)
+        rm, _, _ = ref.predict(**kw)
+        om, _, _ = pred.predict(**kw)
+        inter = np.logical_and(rm, om).sum((1, 2))
+        union = np.maximum(np.logical_or(rm, om).sum((1, 2)), 1)
+        extra_rows.append((label, statistics.median(t_set), statistics.median(t_pred), float((inter / union).min())))
+
     print(f"{'':34s} {'reference':>10s} {'segany':>10s} {'speed-up':>9s} | {'CPU ref':>9s} {'CPU segany':>10s} {'CPU ratio':>9s}")
     for label, wl, cp, scale in rows:
         rw, ow = statistics.median(wl["ref"]), statistics.median(wl["ours"])
@@ -130,6 +177,11 @@ def main() -> None:
         )
     print(f"(medians over {args.set_image_repeats} set_image and {args.repeats} predict calls each; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
+    ref_set = statistics.median(rows[0][1]["ref"])
+    ref_pred = statistics.median(rows[1][1]["ref"])
+    for label, t_set, t_pred, iou in extra_rows:
+        print(f"{label}: set_image {t_set:.4f} s ({ref_set / t_set:.2f}x the float32 reference), predict 1 point "
+              f"{t_pred * 1000:.2f} ms ({ref_pred / t_pred:.2f}x); its 3 masks vs the reference's: min IoU {iou:.4f}")
     print(f"max |diff| image embedding: {emb_diff:.2e}")
     for label, d in max_diff.items():
         print(f"max |diff| {label.split(' (')[0]} (logits, scores, low-res): {d:.2e}")
