@@ -116,9 +116,13 @@ def test_whole_image_crop_agrees_with_the_unzoomed_decode(photo_setup) -> None:
     ref, ref_score, _ = p.predict(pt, np.array([1]), mask_input=low, multimask_output=False)
     inter = np.logical_and(mask, ref[0]).sum()
     union = np.logical_or(mask, ref[0]).sum()
-    # the decoder is sensitive to its mask prompt: that resampling alone moves 2-6% of the mask
-    # (IoU 0.98 on the step-10,115 weights, 0.942 on the GPU piece's)
-    assert union > 0 and inter / union > 0.9
+    # the decoder is sensitive to its mask prompt: that resampling alone moves 2-10% of this small
+    # mask (IoU 0.98 on the step-10,115 weights, 0.942 on the GPU piece's, 0.898 on piece 9's) ...
+    assert union > 0 and inter / union > 0.85
+    # ... and it is all of the difference: fed the resampled prompt, the plain decode is the click
+    same, same_score, _ = p.predict(pt, np.array([1]), mask_input=prompt[0].numpy(), multimask_output=False)
+    np.testing.assert_array_equal(mask, same[0])
+    assert score == pytest.approx(float(same_score[0]), abs=1e-5)
     assert score == pytest.approx(float(ref_score[0]), abs=0.02)
     assert track.box == (0, 0, image.shape[1], image.shape[0]) and track.encodes == 1
 
