@@ -171,3 +171,15 @@ def test_final_decay_minutes_drops_the_lr_for_the_end_of_a_timed_run(one_image, 
     off = _config(one_image, tmp_path / "off", steps=3, max_minutes=60.0, final_decay_minutes=1.0)
     Trainer(off, show_progress=False, sam=narrow_sam()).run()
     assert [r["lr"] for r in _log(tmp_path / "off")] == pytest.approx([1e-3] * 3)
+
+
+def test_cuda_device_gets_this_process_index(monkeypatch):
+    """`train.device=cuda` names this process's GPU (torch.cuda.set_device refuses a bare
+    "cuda", which is how the first GPU run failed); no GPU is needed to build the name."""
+    from segany.train.loop import _device
+
+    assert _device("cuda") == torch.device("cuda", 0)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert _device("cuda") == torch.device("cuda", 1)
+    assert _device("cuda:3") == torch.device("cuda", 3)
+    assert _device("cpu") == torch.device("cpu")

@@ -325,12 +325,14 @@ def _rank_world() -> tuple[int, int]:
 
 
 def _device(name: str) -> torch.device:
+    """The training device; a CUDA device always carries an index (this process's GPU:
+    LOCAL_RANK), since ``torch.cuda.set_device`` refuses a bare "cuda"."""
     if name == "auto":
-        if torch.cuda.is_available():
-            local = int(os.environ.get("LOCAL_RANK", 0))
-            return torch.device("cuda", local)
-        return torch.device("cpu")
-    return torch.device(name)
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return device
 
 
 def build_sam_for_training(section: ModelSection) -> Sam:
@@ -389,8 +391,6 @@ class Trainer:
         self.rank, self.world = _rank_world()
         self.device = _device(tcfg.device)
         if self.device.type == "cuda":
-            if self.device.index is None:  # "cuda": this process's GPU (set_device needs an index)
-                self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
             torch.cuda.set_device(self.device)
             torch.backends.cudnn.benchmark = True  # fixed crop sizes: pick the fastest conv kernels once
         self.out_dir = Path(tcfg.out_dir)
@@ -497,6 +497,10 @@ class Trainer:
         self._ahead = {self.step + 1: self._feeder.submit(self._samples, self.step + 1)}
         return future.result()
 
+    def _scale_lr(self, factor: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] *= factor
+
     # ---------------------------------------------------------------- checkpoints
     def save(self) -> None:
         if self.rank != 0:
@@ -574,8 +578,7 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         if self._late_decay:  # LambdaLR sets lr from the base each step: scale it again
-            for group in self.optimizer.param_groups:
-                group["lr"] *= self.config.optim.decay_factor
+            self._scale_lr(self.config.optim.decay_factor)
         self.step += 1
         metrics = {k: float(v.detach()) for k, v in out.items()}
         metrics["lr"] = float(self.optimizer.param_groups[0]["lr"])
@@ -646,8 +649,7 @@ class Trainer:
                     and not self._late_decay and elapsed >= 60 * (tcfg.max_minutes - tcfg.final_decay_minutes)
                 ):
                     self._late_decay = True
-                    for group in self.optimizer.param_groups:
-                        group["lr"] *= self.config.optim.decay_factor
+                    self._scale_lr(self.config.optim.decay_factor)
             self.save()
         finally:
             bar.close()
