@@ -50,7 +50,10 @@ def test_records_identical_with_batches_side_by_side(trained_default_model, coco
             assert g["point_coords"] == w["point_coords"] and g["crop_box"] == w["crop_box"]
             # one intra-op thread vs two may round a matmul differently in the last bit
             assert g["predicted_iou"] == pytest.approx(w["predicted_iou"], abs=1e-5)
-            assert g["stability_score"] == pytest.approx(w["stability_score"], abs=1e-5)
+            # the stability score is a ratio of pixel counts at logit +-offset: a last-bit change
+            # of a logit sitting on either threshold moves one pixel, i.e. the score by at most
+            # 1 / (pixels above -offset) <= 1 / area. Two such pixels are allowed, not more.
+            assert g["stability_score"] == pytest.approx(w["stability_score"], abs=2.0 / w["area"] + 1e-6)
     assert side.stage_counts == serial.stage_counts == auto.stage_counts
 
 
