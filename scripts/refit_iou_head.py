@@ -30,15 +30,16 @@ from segany.atomic_files import atomic_path
 from segany.modeling.build import build_model
 from segany.modeling.checkpoint import read_checkpoint, save_checkpoint
 from segany.modeling.fingerprint import sampled_weights_digest
-from segany.train.iou_head import IoUSamples, collect_samples, fit_head, head_report, whole_images
+from segany.train.iou_head import SAMPLE_MASKS, IoUSamples, collect_samples, fit_head, head_report
 from segany.train.loop import TrainConfig
+from segany.train.validation import whole_images
 
 DEFAULT_CONFIG = "src/segany/configs/segany_cnn_cpu.yaml"
 
 
 def _dataset(config_path: str, img_size: int, split: str):
     config = TrainConfig.load(config_path)
-    return whole_images(config.data.root_list(), img_size, config.data.holdout_every, split)
+    return whole_images(config.data.root_list(), img_size, config.data.holdout_every, split, SAMPLE_MASKS)
 
 
 def collect(args: argparse.Namespace) -> int:

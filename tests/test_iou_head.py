@@ -23,9 +23,9 @@ from segany.train.iou_head import (
     fit_head,
     head_report,
     top_pick_iou,
-    whole_images,
 )
 from segany.train.prompts import FOREGROUND, PAD
+from segany.train.validation import whole_images
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -131,6 +131,19 @@ class MaskDecoder(nn.Module):
         mask_slice: slice = slice(None),
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """All-output form of :meth:`forward` (``mask_slice`` selects the mask tokens to decode)."""
+        hs, image = self.run_transformer(image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings)
+        return self.mask_logits(hs, image, mask_slice), self.predict_iou(hs, mask_slice)
+
+    def run_transformer(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two-way transformer of :meth:`predict_masks`: (output tokens BxTxC, image
+        tokens BxCxhxw), what the mask and IoU heads read (kept apart for callers that need
+        the heads' inputs, e.g. :mod:`segany.train.iou_head`)."""
         b = sparse_prompt_embeddings.shape[0]
         tokens = self.output_tokens(sparse_prompt_embeddings)
         # Every input in the decoder's dtype (no-ops for float32): an encoder or embedding
@@ -150,5 +163,4 @@ class MaskDecoder(nn.Module):
             src = src.expand(b, -1, -1, -1)
         _, c, h, w = src.shape
         hs, src = self.transformer(src, image_pe, tokens)
-        masks = self.mask_logits(hs, src.transpose(1, 2).reshape(b, c, h, w), mask_slice)
-        return masks, self.predict_iou(hs, mask_slice)
+        return hs, src.transpose(1, 2).reshape(b, c, h, w)

@@ -12,7 +12,7 @@ weights, so every mask stays exactly what it was and only the scores (and so the
 the automatic generator's IoU filter) change.
 
 The samples: whole images of the training folders (no augmentation, longest side = the
-input size), up to ``max_masks`` masks each, and three first prompts per mask: a point
+input size), up to :data:`SAMPLE_MASKS` masks each, and three first prompts per mask: a point
 uniform in the mask (the training prompt), the mask's centre (the eval protocol's first
 click) and a noisy box. Each decode returns all four outputs (the single-mask one and the
 three multimask ones); each output's actual IoU with the mask, counted inside the image
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.crops import CropConfig, CropDataset
+from ..data.crops import CropDataset
 from ..eval.clicks import center_click
 from ..masks import mask_iou as binary_mask_iou
 from ..modeling.sam import Sam
@@ -37,6 +37,7 @@ from .losses import downsample_targets
 from .prompts import PromptConfig, embed_prompt_tokens, first_prompts
 
 PROMPT_KINDS = ("point", "centre", "box")
+SAMPLE_MASKS = 8  # masks per image in the samples (:func:`whole_images` ``max_masks``)
 
 
 @dataclass
@@ -60,17 +61,7 @@ class IoUSamples:
 
     @classmethod
     def cat(cls, parts: list[IoUSamples]) -> IoUSamples:
-        return cls(*(torch.cat([getattr(p, f) for p in parts]) for f in ("features", "actual", "kind", "image")))
-
-
-def whole_images(roots: list, img_size: int, holdout_every: int, split: str, max_masks: int = 8) -> CropDataset:
-    """The training folders' images as the model sees them at inference (whole input square,
-    no augmentation); ``split`` "train" or "val" (the held-out images, :class:`RecordIndex`)."""
-    config = CropConfig(
-        crop=img_size, scale=(1.0, 1.0), hflip=0.0, color_jitter=0.0, copy_paste=0.0,
-        max_masks=max_masks, candidates=64, min_mask_px=64,
-    )
-    return CropDataset(roots, img_size, config, holdout_every=holdout_every, split=split)
+        return cls(**{name: torch.cat([p.state()[name] for p in parts]) for name in parts[0].state()})
 
 
 def decode_all_outputs(sam: Sam, embedding: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor
@@ -78,19 +69,14 @@ def decode_all_outputs(sam: Sam, embedding: torch.Tensor, coords: torch.Tensor, 
     """The decoder's four outputs for M prompts on one embedding (1xCxhxw), no mask prompt:
     (low-res logits Mx4xHxW, predicted IoUs Mx4, the IoU head's input features MxC).
 
-    The same steps as :meth:`MaskDecoder.predict_masks` with every mask token selected,
-    stopped before the IoU head so its input can be kept."""
+    :meth:`MaskDecoder.predict_masks` with every mask token selected, its transformer
+    outputs kept so the IoU head's input can be returned."""
     decoder = sam.mask_decoder
     sparse = embed_prompt_tokens(sam.prompt_encoder, coords, labels)
     dense = sam.prompt_encoder.no_mask_dense(1, tuple(embedding.shape[-2:]))
-    tokens = decoder.output_tokens(sparse)
-    b = tokens.shape[0]
-    src = (embedding + dense).expand(b, -1, -1, -1)
-    _, c, h, w = src.shape
-    hs, keys = decoder.transformer(src, sam.prompt_encoder.get_dense_pe(), tokens)
-    logits = decoder.mask_logits(hs, keys.transpose(1, 2).reshape(b, c, h, w))
+    hs, image = decoder.run_transformer(embedding, sam.prompt_encoder.get_dense_pe(), sparse, dense)
     features = hs[:, 0, :]
-    return logits, decoder.iou_prediction_head(features), features
+    return decoder.mask_logits(hs, image), decoder.iou_prediction_head(features), features
 
 
 @torch.no_grad()

@@ -23,13 +23,20 @@ from .losses import downsample_targets, mask_iou
 from .prompts import PromptConfig, simulate_episode
 
 
-def validation_set(roots: list, img_size: int, holdout_every: int, max_masks: int = 4) -> CropDataset:
-    """The held-out images as whole input squares, without augmentation."""
+def whole_images(roots: list, img_size: int, holdout_every: int, split: str, max_masks: int = 4) -> CropDataset:
+    """The training folders' images as the model sees them at inference (whole input square,
+    longest side = ``img_size``, no augmentation); ``split`` "train" or "val" (the held-out
+    images, :class:`~segany.data.sa1b.RecordIndex`)."""
     config = CropConfig(
         crop=img_size, scale=(1.0, 1.0), hflip=0.0, color_jitter=0.0, copy_paste=0.0,
         max_masks=max_masks, candidates=64, min_mask_px=64,
     )
-    return CropDataset(roots, img_size, config, holdout_every=holdout_every, split="val")
+    return CropDataset(roots, img_size, config, holdout_every=holdout_every, split=split)
+
+
+def validation_set(roots: list, img_size: int, holdout_every: int, max_masks: int = 4) -> CropDataset:
+    """The held-out images as whole input squares, without augmentation."""
+    return whole_images(roots, img_size, holdout_every, "val", max_masks)
 
 
 @torch.no_grad()
